@@ -1,0 +1,289 @@
+"""Benchmark groupnorm_ext.group_norm against torch.nn.functional.group_norm.
+
+    python bench/bench.py [--quick] [--device cpu|cuda] [--save NAME] [--compare OLD.json]
+                          [--out bench/results/NAME.md] [--compile] [--filter REGEX]
+
+For every case (bench/shapes.py) it checks ours against torch with a loose tolerance, then times the
+forward and forward+backward passes of both (median after warm-up; CUDA: events, L2 flushed before each
+call), measures copy bandwidth in the same run, and writes a Markdown table (+ PNG when matplotlib is
+installed). --save keeps the raw samples as JSON; --compare prints old vs new times from such a file.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import report  # noqa: E402
+import shapes  # noqa: E402
+import timing  # noqa: E402
+
+EPS = 1e-5
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+# Correctness guard: max |ours - torch| / max |torch| per output, per input dtype. Loose on purpose:
+# it catches a wrong kernel (errors of order 1), not last-bit differences in reduction order.
+TOLERANCE = {"fp64": 1e-6, "fp32": 1e-3, "fp16": 5e-3, "bf16": 4e-2}
+# Names under which the extension may expose the CPU kernel it dispatched to, most likely first.
+CPU_PATH_FUNCTIONS = ("cpu_capability", "cpu_path", "cpu_kernel", "kernel_path")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="4 small/medium cases, fixed 15 reps (< 60 s)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--save", metavar="NAME", help="write raw results as JSON: bench/results/NAME.json, "
+                   "or the path itself when NAME ends in .json")
+    p.add_argument("--compare", metavar="OLD.json", help="print old vs new times from a --save file")
+    p.add_argument("--out", metavar="FILE.md", help="Markdown output (default bench/results/<machine>.md, "
+                   "<machine>-quick.md with --quick); the PNG goes next to it")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile(F.group_norm) (slow)")
+    p.add_argument("--filter", metavar="REGEX", help="only cases whose label matches, e.g. 'bf16|seed'")
+    p.add_argument("--reps", type=int, help="fixed number of timed calls (default: adaptive, ~1 s)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads before running (CPU)")
+    return p.parse_args(argv)
+
+
+def import_ext():
+    try:
+        import groupnorm_ext
+    except ImportError as e:
+        sys.exit(f"cannot import groupnorm_ext ({e}); build it first: pip install --no-build-isolation -e .")
+    return groupnorm_ext
+
+
+def ext_cpu_path(ext) -> str:
+    """The CPU path the extension reports, or torch's capability when it reports none."""
+    for holder in (ext, getattr(ext, "_C", None)):
+        for name in CPU_PATH_FUNCTIONS:
+            attr = getattr(holder, name, None)
+            if attr is not None:
+                return str(attr() if callable(attr) else attr)
+    return f"{torch.backends.cpu.get_cpu_capability()} (not exposed by groupnorm_ext; torch's capability)"
+
+
+def machine_name(device: str) -> str:
+    if device == "cuda":
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    return f"cpu-{len(os.sched_getaffinity(0))}core"
+
+
+def device_description(device: str) -> str:
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        return f"{props.name}, {props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{model}, {len(os.sched_getaffinity(0))} cores"
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=BENCH_DIR,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "no commit"
+
+
+def make_inputs(case: shapes.Case, device: str):
+    """x (mean 0.5, std 2, in the case's layout), affine weight/bias in the input dtype, fixed grad_out."""
+    gen = torch.Generator(device).manual_seed(0)
+    c = case.shape[1]
+
+    def randn(shape):
+        return torch.randn(shape, generator=gen, device=device)
+
+    x = randn(case.shape).mul_(2).add_(0.5).to(dtype=case.torch_dtype, memory_format=case.memory_format)
+    weight = randn((c,)).mul_(0.1).add_(1).to(case.torch_dtype)
+    bias = randn((c,)).mul_(0.1).to(case.torch_dtype)
+    grad_out = randn(case.shape).to(dtype=case.torch_dtype, memory_format=case.memory_format)
+    return x, weight, bias, grad_out
+
+
+def _rel_err(ours: torch.Tensor | None, ref: torch.Tensor | None) -> float:
+    if ours is None or ref is None:
+        return 0.0 if ours is None and ref is None else float("inf")
+    if ref.numel() == 0:
+        return 0.0
+    acc = torch.float64 if ref.dtype == torch.float64 else torch.float32
+    ref_a = ref.to(acc)
+    scale = ref_a.abs().max().item()
+    return (ours.to(acc) - ref_a).abs().max().item() / max(scale, 1e-30)
+
+
+def check_case(case, ours_fn, torch_fn, x, weight, bias, grad_out) -> dict[str, str]:
+    """Ours vs torch before timing: {'fwd': 'ok' | 'MISMATCH ...', 'fwd+bwd': ...}."""
+    tol = TOLERANCE[case.dtype]
+    result = {}
+    with torch.no_grad():
+        out, ref = ours_fn(x, case.groups, weight, bias, EPS), torch_fn(x, case.groups, weight, bias, EPS)
+    err = _rel_err(out, ref)
+    layout_ok = out.is_contiguous(memory_format=case.memory_format)
+    result["fwd"] = "ok" if err <= tol else f"MISMATCH {err:.1e}"
+    if not layout_ok:
+        result["fwd"] += " (layout not kept)"
+    del out, ref
+
+    grads = {}
+    for name, fn in (("ours", ours_fn), ("torch", torch_fn)):
+        xr, wr, br = (t.detach().requires_grad_() for t in (x, weight, bias))
+        grads[name] = torch.autograd.grad(fn(xr, case.groups, wr, br, EPS), (xr, wr, br), grad_out)
+    errs = {n: _rel_err(o, r) for n, o, r in zip(("dx", "dw", "db"), grads["ours"], grads["torch"])}
+    worst = max(errs, key=errs.get)
+    result["fwd+bwd"] = "ok" if errs[worst] <= tol else f"MISMATCH {worst} {errs[worst]:.1e}"
+    return result
+
+
+def time_case(case, impls, timer, policy, x, weight, bias, grad_out) -> dict[tuple[str, str], list]:
+    """{(impl, pass): samples in seconds} for pass in fwd, fwd+bwd; the impls take turns (policy.rounds).
+    The forward runs under no_grad (inference); the no_grad switch sits outside the timed calls."""
+    g = case.groups
+    xr, wr, br = (t.detach().requires_grad_() for t in (x, weight, bias))
+    calls = {
+        "fwd": lambda fn: (lambda: fn(x, g, weight, bias, EPS)),
+        "fwd+bwd": lambda fn: (lambda: torch.autograd.grad(fn(xr, g, wr, br, EPS), (xr, wr, br), grad_out)),
+    }
+    samples = {}
+    for pass_, make in calls.items():
+        with torch.set_grad_enabled(pass_ != "fwd"):
+            for turn in range(policy.rounds):
+                share = policy.round_share(first=turn == 0)
+                for name, fn in impls.items():
+                    samples.setdefault((name, pass_), []).extend(timer.samples(make(fn), share))
+    return samples
+
+
+def moved_bytes(case: shapes.Case, pass_: str) -> int:
+    """Bytes that must move: fwd reads x and writes y; backward also reads x and dy and writes dx."""
+    return case.nbytes * (2 if pass_ == "fwd" else 5)
+
+
+def run_case(case, ext, timer, policy, args, copy_gbps) -> list[dict]:
+    impls = {"ours": ext.group_norm, "torch": F.group_norm}
+    if args.compile:
+        torch._dynamo.reset()  # a fresh cache per case: otherwise the recompile limit falls back to eager
+        impls["compile"] = torch.compile(F.group_norm, dynamic=False)
+    x, weight, bias, grad_out = make_inputs(case, args.device)
+    checks = check_case(case, impls["ours"], impls["torch"], x, weight, bias, grad_out)
+    samples = time_case(case, impls, timer, policy, x, weight, bias, grad_out)
+    rows = []
+    for pass_ in ("fwd", "fwd+bwd"):
+        med = {name: timing.median(samples[(name, pass_)]) for name in impls}
+        gbps = moved_bytes(case, pass_) / med["ours"] / 1e9
+        rows.append({
+            "key": case.key, "set": case.set, "shape": case.shape_str, "groups": case.groups,
+            "dtype": case.dtype, "layout": case.layout, "pass": pass_,
+            "ours_s": med["ours"], "torch_s": med["torch"], "compile_s": med.get("compile"),
+            "bytes": moved_bytes(case, pass_), "gbps": gbps, "roofline": gbps / copy_gbps,
+            "check": checks[pass_], "samples": {name: samples[(name, pass_)] for name in impls},
+        })
+    return rows
+
+
+def default_out(machine: str, quick: bool) -> str:
+    return os.path.join(RESULTS_DIR, f"{machine}{'-quick' if quick else ''}.md")
+
+
+def save_path(name: str) -> str:
+    return name if name.endswith(".json") else os.path.join(RESULTS_DIR, f"{name}.json")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ext = import_ext()
+
+    machine = machine_name(args.device)
+    cpu_path = ext_cpu_path(ext)
+    print(f"machine: {machine} ({device_description(args.device)}); torch {torch.__version__}; "
+          f"threads {torch.get_num_threads()}")
+    print(f"CPU path: groupnorm_ext: {cpu_path}; torch: {torch.backends.cpu.get_cpu_capability()}")
+
+    policy = timing.QUICK_POLICY if args.quick else timing.FULL_POLICY
+    if args.reps:
+        policy = timing.RepPolicy(warmup=policy.warmup, min_reps=args.reps, max_reps=args.reps, target_s=0,
+                                  rounds=min(policy.rounds, args.reps))
+    timer = timing.make_timer(args.device)
+    copy_gbps, copy_bytes = timing.copy_bandwidth(timer, args.quick)
+    print(f"copy bandwidth: {copy_gbps:.1f} GB/s")
+
+    cases = shapes.all_cases(args.device, args.quick)
+    if args.filter:
+        cases = [c for c in cases if re.search(args.filter, f"{c.set} {c.shape_str} G{c.groups} {c.dtype} "
+                                                            f"{c.layout}")]
+    rows, errors = [], []
+    for i, case in enumerate(cases, 1):
+        label = f"{case.set} {case.shape_str} G={case.groups} {case.dtype} {case.layout}"
+        print(f"[{i}/{len(cases)}] {label} ...", file=sys.stderr, flush=True)
+        try:
+            case_rows = run_case(case, ext, timer, policy, args, copy_gbps)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:  # one bad case must not lose the run
+            msg = str(e).splitlines()[0][:200]
+            print(f"    ERROR: {msg}", file=sys.stderr)
+            errors.append(f"{label}: {msg}")
+            continue
+        finally:
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        rows += case_rows
+        for r in case_rows:
+            print(f"    {r['pass']:8s} ours {r['ours_s'] * 1e3:9.4f} ms  torch {r['torch_s'] * 1e3:9.4f} ms  "
+                  f"{r['torch_s'] / r['ours_s']:5.2f}x  {r['check']}", file=sys.stderr, flush=True)
+
+    meta = {
+        "machine": machine, "device": args.device, "device_name": device_description(args.device),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "git": git_revision(),
+        "torch": torch.__version__, "ext_version": getattr(ext, "__version__", "unknown"),
+        "threads": torch.get_num_threads(), "ext_cpu_path": cpu_path,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "copy_gbps": copy_gbps, "copy_bytes": copy_bytes, "quick": args.quick, "compile": args.compile,
+        "filter": args.filter,
+        "timing": (f"median of {policy.min_reps} calls" if policy.target_s <= 0
+                   else f"median of {policy.min_reps}-{policy.max_reps} calls (~{policy.target_s:g} s)")
+        + f" after {policy.warmup} warm-up, ours and torch taking {policy.rounds} turns each"
+        + ("; CUDA events, 256 MiB written before each call to flush L2" if args.device == "cuda"
+           else "; time.perf_counter"),
+    }
+    text = report.markdown_report(meta, rows, args.compile)
+    if errors:
+        text += "\n## errors\n\n" + "\n".join(f"- {e}" for e in errors) + "\n"
+    if args.compare:
+        text += "\n## comparison\n\n" + report.compare_table(report.load_json(args.compare), meta, rows) + "\n"
+    print()
+    print(text)
+
+    out = args.out or default_out(machine, args.quick)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text)
+    print(f"wrote {out}", file=sys.stderr)
+    png = os.path.splitext(out)[0] + ".png"
+    if rows and report.save_plot(png, meta, rows):
+        print(f"wrote {png}", file=sys.stderr)
+    if args.save:
+        report.save_json(save_path(args.save), meta, rows)
+        print(f"wrote {save_path(args.save)}", file=sys.stderr)
+    bad = [r for r in rows if r["check"] != "ok"]
+    return 1 if bad or errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

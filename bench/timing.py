@@ -1,0 +1,124 @@
+"""Timing: median wall time of a callable on CPU (perf_counter) or CUDA (events, L2 flushed).
+
+Both timers return the list of per-call samples in seconds; callers take the median.
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+# Writing this many bytes between timed CUDA calls evicts the whole L2 (50 MB on H100, 60 MB on
+# Blackwell), so every call reads its input from HBM as it would inside a network.
+L2_FLUSH_BYTES = 256 * 1024 * 1024
+# Copy-bandwidth probe: big enough that src + dst are far beyond any CPU LLC or GPU L2.
+COPY_BYTES = {"cpu": 256 * 1024 * 1024, "cuda": 1024 * 1024 * 1024}
+
+
+@dataclass(frozen=True)
+class RepPolicy:
+    """How many calls to make. With target_s > 0 the count adapts: enough calls to fill target_s,
+    clamped to [min_reps, max_reps]; with target_s == 0 exactly min_reps calls are timed."""
+
+    warmup: int = 3
+    min_reps: int = 10
+    max_reps: int = 200
+    target_s: float = 1.0
+    # The implementations under comparison take turns this many times (ours, torch, ours, torch, ...),
+    # each turn timing 1/rounds of the calls, so that slow drift (clock, other tenants) hits both alike.
+    rounds: int = 3
+
+    def round_share(self, first: bool) -> "RepPolicy":
+        """The policy for one turn: 1/rounds of the calls; the warm-up only on the first turn."""
+        return RepPolicy(
+            warmup=self.warmup if first else 1,
+            min_reps=max(1, self.min_reps // self.rounds),
+            max_reps=max(1, self.max_reps // self.rounds),
+            target_s=self.target_s / self.rounds,
+            rounds=1,
+        )
+
+    def reps_for(self, estimate_s: float) -> int:
+        if self.target_s <= 0:
+            return self.min_reps
+        n = int(self.target_s / max(estimate_s, 1e-9))
+        return max(self.min_reps, min(self.max_reps, n))
+
+
+# Quick: a short time budget per (impl, pass), but enough calls that a burst of noise on a shared VM
+# cannot own the median of a 10 us case.
+QUICK_POLICY = RepPolicy(warmup=3, min_reps=30, max_reps=300, target_s=0.3, rounds=5)
+FULL_POLICY = RepPolicy(warmup=3, min_reps=12, max_reps=300, target_s=1.5, rounds=3)
+
+
+class CpuTimer:
+    device = "cpu"
+
+    def _once(self, fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    def samples(self, fn, policy: RepPolicy) -> list[float]:
+        warm = [self._once(fn) for _ in range(policy.warmup)]
+        reps = policy.reps_for(min(warm) if warm else self._once(fn))
+        gc.collect()
+        gc.disable()  # a collection in the middle of a 10 us call would be a 100x outlier
+        try:
+            return [self._once(fn) for _ in range(reps)]
+        finally:
+            gc.enable()
+
+
+class CudaTimer:
+    device = "cuda"
+
+    def __init__(self):
+        self._flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
+
+    def flush_l2(self):
+        self._flush.zero_()
+
+    def _run(self, fn, reps: int) -> list[float]:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for start, end in zip(starts, ends):
+            self.flush_l2()
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+        return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+
+    def samples(self, fn, policy: RepPolicy) -> list[float]:
+        warm = self._run(fn, max(policy.warmup, 1))
+        reps = policy.reps_for(min(warm))
+        gc.collect()
+        gc.disable()
+        try:
+            return self._run(fn, reps)
+        finally:
+            gc.enable()
+
+
+def make_timer(device: str):
+    return CudaTimer() if device == "cuda" else CpuTimer()
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def copy_bandwidth(timer, quick: bool) -> tuple[float, int]:
+    """Median GB/s of dst.copy_(src) on a tensor far larger than the caches (read + write counted).
+    Returns (GB/s, bytes of src)."""
+    nbytes = COPY_BYTES[timer.device]
+    src = torch.full((nbytes // 4,), 1.5, dtype=torch.float32, device=timer.device)
+    dst = torch.empty_like(src)
+    policy = RepPolicy(warmup=2, min_reps=10 if quick else 20, max_reps=10 if quick else 20, target_s=0,
+                       rounds=1)
+    t = median(timer.samples(lambda: dst.copy_(src), policy))
+    return 2 * nbytes / t / 1e9, nbytes

@@ -1,0 +1,126 @@
+// Autograd for group_norm as a C++ torch::autograd::Function registered under the
+// Autograd key, so it also trains inside TorchScript and C++ programs. The forward and
+// backward call the dispatcher (group_norm_forward / group_norm_backward), which routes
+// to the CPU or CUDA kernels, or to the fake kernels under torch.compile.
+//
+// Double backward: when the backward itself is being differentiated (create_graph=True)
+// it is computed from differentiable ATen ops instead of the fused kernel.
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "../group_norm.h"
+
+namespace groupnorm_ext {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::tuple<Tensor, Tensor, Tensor> call_forward(const Tensor& input, int64_t num_groups,
+                                                const OptionalTensor& weight,
+                                                const OptionalTensor& bias, double eps,
+                                                std::string_view activation) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("groupnorm_ext::group_norm_forward", "")
+                       .typed<ForwardResult(const Tensor&, int64_t, const OptionalTensor&,
+                                            const OptionalTensor&, double, std::string_view)>();
+  return op.call(input, num_groups, weight, bias, eps, activation);
+}
+
+BackwardResult call_backward(const Tensor& grad_out, const Tensor& input, const Tensor& mean,
+                             const Tensor& rstd, const OptionalTensor& weight,
+                             const OptionalTensor& bias, int64_t num_groups,
+                             std::string_view activation, std::array<bool, 3> mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("groupnorm_ext::group_norm_backward", "")
+                       .typed<BackwardResult(const Tensor&, const Tensor&, const Tensor&,
+                                             const Tensor&, const OptionalTensor&,
+                                             const OptionalTensor&, int64_t, std::string_view,
+                                             std::array<bool, 3>)>();
+  return op.call(grad_out, input, mean, rstd, weight, bias, num_groups, activation, mask);
+}
+
+// The same gradients as group_norm_backward, from differentiable ops (statistics
+// recomputed from x so that their dependence on x is part of the graph).
+BackwardResult composite_backward(const Tensor& grad_out, const Tensor& input,
+                                  const Tensor& weight, int64_t G, double eps) {
+  const auto acc_t = stats_dtype(input.scalar_type());
+  const int64_t N = input.size(0), C = input.size(1);
+  const Tensor x = input.to(acc_t).reshape({N, G, C / G, -1});
+  const Tensor dy = grad_out.to(acc_t).reshape({N, G, C / G, -1});
+  const Tensor mean = x.mean({2, 3}, /*keepdim=*/true);
+  const Tensor var = (x - mean).square().mean({2, 3}, /*keepdim=*/true);
+  const Tensor rstd = (var + eps).rsqrt();
+  const Tensor xhat = (x - mean) * rstd;
+  const Tensor dxhat = weight.defined() ? dy * weight.to(acc_t).reshape({1, G, C / G, 1}) : dy;
+  const Tensor grad_input =
+      rstd * (dxhat - dxhat.mean({2, 3}, true) - xhat * (dxhat * xhat).mean({2, 3}, true));
+  return {grad_input.reshape(input.sizes()).to(input.scalar_type()),
+          (dy * xhat).sum({0, 3}).reshape({C}), dy.sum({0, 3}).reshape({C})};
+}
+
+class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, int64_t num_groups,
+                        const OptionalTensor& weight, const OptionalTensor& bias, double eps,
+                        std::string_view activation) {
+    const Tensor w = weight.has_value() ? *weight : Tensor();
+    const Tensor b = bias.has_value() ? *bias : Tensor();
+    ctx->saved_data["num_groups"] = num_groups;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["activation"] = std::string(activation);
+    ctx->saved_data["input_needs_grad"] = input.requires_grad();
+    ctx->saved_data["weight_needs_grad"] = w.defined() && w.requires_grad();
+    ctx->saved_data["bias_needs_grad"] = b.defined() && b.requires_grad();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, mean, rstd] = call_forward(input, num_groups, weight, bias, eps, activation);
+    ctx->save_for_backward({input, mean, rstd, w, b});
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &input = saved[0], &mean = saved[1], &rstd = saved[2];
+    const Tensor &weight = saved[3], &bias = saved[4];
+    const int64_t G = ctx->saved_data["num_groups"].toInt();
+    const std::string activation = ctx->saved_data["activation"].toStringRef();
+    const std::array<bool, 3> mask = {ctx->saved_data["input_needs_grad"].toBool(),
+                                      ctx->saved_data["weight_needs_grad"].toBool(),
+                                      ctx->saved_data["bias_needs_grad"].toBool()};
+    const Tensor& grad_out = grad_outputs[0];
+    Tensor grad_input, grad_weight, grad_bias;
+    if (grad_out.defined()) {
+      if (at::GradMode::is_enabled()) {
+        TORCH_CHECK(activation == "identity",
+                    "group_norm: double backward is not implemented for activation '", activation, "'");
+        std::tie(grad_input, grad_weight, grad_bias) =
+            composite_backward(grad_out, input, weight, G, ctx->saved_data["eps"].toDouble());
+        if (weight.defined()) grad_weight = grad_weight.to(weight.scalar_type());
+        if (bias.defined()) grad_bias = grad_bias.to(bias.scalar_type());
+      } else {
+        std::tie(grad_input, grad_weight, grad_bias) =
+            call_backward(grad_out, input, mean, rstd,
+                          weight.defined() ? OptionalTensor(weight) : std::nullopt,
+                          bias.defined() ? OptionalTensor(bias) : std::nullopt, G, activation, mask);
+      }
+    }
+    if (!mask[0]) grad_input = Tensor();
+    if (!mask[1]) grad_weight = Tensor();
+    if (!mask[2]) grad_bias = Tensor();
+    return {grad_input, Tensor(), grad_weight, grad_bias, Tensor(), Tensor()};
+  }
+};
+
+Tensor group_norm_autograd(const Tensor& input, int64_t num_groups, const OptionalTensor& weight,
+                           const OptionalTensor& bias, double eps, std::string_view activation) {
+  return GroupNormFunction::apply(input, num_groups, weight, bias, eps, activation);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(groupnorm_ext, Autograd, m) {
+  m.impl("group_norm", &group_norm_autograd);
+}
+
+}  // namespace groupnorm_ext

@@ -1,0 +1,158 @@
+// Host-side checks and layout handling shared by every backend. Checks happen here,
+// once, with messages that name the tensor, what was expected and what came.
+#include "group_norm.h"
+
+#include <string>
+
+#include <ATen/ATen.h>
+
+namespace groupnorm_ext {
+
+Activation parse_activation(const char* op, std::string_view name) {
+  if (name == "identity") return Activation::Identity;
+  TORCH_CHECK(false, op, ": unknown activation '", std::string(name),
+              "'; supported activations: 'identity' (or None in Python)");
+}
+
+at::ScalarType stats_dtype(at::ScalarType input_dtype) {
+  return input_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+namespace {
+
+bool is_supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// Permutation that puts channels last: (0, 2, 3, ..., dim-1, 1).
+std::vector<int64_t> channels_last_permutation(int64_t dim) {
+  std::vector<int64_t> perm{0};
+  for (int64_t d = 2; d < dim; ++d) perm.push_back(d);
+  perm.push_back(1);
+  return perm;
+}
+
+// Whether `t` is dense with channels innermost (channels_last, channels_last_3d, or the
+// same order for any other rank).
+bool is_channels_innermost_dense(const Tensor& t) {
+  return t.dim() >= 3 && t.permute(channels_last_permutation(t.dim())).is_contiguous();
+}
+
+// `t` (a tensor shaped like the input) made dense in `order`, copying only when needed.
+Tensor dense_in_order(const Tensor& t, MemoryOrder order) {
+  if (order == MemoryOrder::NCS) return t.contiguous();
+  if (is_channels_innermost_dense(t)) return t;
+  const auto perm = channels_last_permutation(t.dim());
+  std::vector<int64_t> inverse(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) inverse[perm[i]] = static_cast<int64_t>(i);
+  return t.permute(perm).contiguous().permute(inverse);
+}
+
+Tensor check_param(const char* op, const char* name, const OptionalTensor& param,
+                   const Tensor& input) {
+  if (!param.has_value() || !param->defined()) return Tensor();
+  const Tensor& p = *param;
+  const int64_t C = input.size(1);
+  TORCH_CHECK(p.layout() == at::kStrided, op, ": ", name, " must be a dense (strided) tensor, but got layout ",
+              p.layout());
+  TORCH_CHECK(p.dim() == 1 && p.numel() == C, op, ": expected ", name,
+              " to be a 1-D tensor of size equal to the number of channels C=", C,
+              ", but got ", name, " of shape ", p.sizes(), " for input of shape ", input.sizes());
+  TORCH_CHECK(p.device() == input.device(), op, ": expected all tensors to be on the same device, but ",
+              name, " is on ", p.device(), " and input is on ", input.device());
+  const auto in_t = input.scalar_type();
+  const bool low_precision = in_t == at::kHalf || in_t == at::kBFloat16;
+  TORCH_CHECK(p.scalar_type() == in_t || (low_precision && p.scalar_type() == at::kFloat), op,
+              ": ", name, " has dtype ", p.scalar_type(), " but input has dtype ", in_t, "; ", name,
+              " must have the input's dtype, or float32 when the input is float16 or bfloat16");
+  return p.contiguous();
+}
+
+}  // namespace
+
+ForwardProblem check_forward(const char* op, const Tensor& input, int64_t num_groups,
+                             const OptionalTensor& weight, const OptionalTensor& bias,
+                             std::string_view activation) {
+  TORCH_CHECK(input.defined(), op, ": input is an undefined tensor");
+  TORCH_CHECK(input.layout() == at::kStrided, op,
+              ": expected a dense (strided) input tensor, but got layout ", input.layout());
+  TORCH_CHECK(input.dim() >= 2, op,
+              ": expected an input with at least 2 dimensions (N, C, *), but got a ", input.dim(),
+              "-D tensor of shape ", input.sizes());
+  TORCH_CHECK(is_supported_dtype(input.scalar_type()), op,
+              ": expected a floating-point input (float32, float64, float16 or bfloat16), but got ",
+              input.scalar_type());
+  TORCH_CHECK(num_groups > 0, op, ": num_groups must be positive, but got num_groups=", num_groups);
+  const int64_t C = input.size(1);
+  TORCH_CHECK(C % num_groups == 0, op, ": expected the number of channels C=", C,
+              " to be divisible by num_groups=", num_groups, ", but got input of shape ",
+              input.sizes());
+
+  ForwardProblem p;
+  p.activation = parse_activation(op, activation);
+  p.weight = check_param(op, "weight", weight, input);
+  p.bias = check_param(op, "bias", bias, input);
+  if (p.weight.defined() && p.bias.defined()) {
+    TORCH_CHECK(p.weight.scalar_type() == p.bias.scalar_type(), op,
+                ": weight and bias must have the same dtype, but got ", p.weight.scalar_type(),
+                " and ", p.bias.scalar_type());
+  }
+
+  // Contiguous first: a tensor that is dense in both orders (C == 1 or S == 1) is
+  // treated as NCS. Any other strides are copied once to NCS.
+  const MemoryOrder order = (!input.is_contiguous() && is_channels_innermost_dense(input))
+                                ? MemoryOrder::NSC
+                                : MemoryOrder::NCS;
+  p.input = dense_in_order(input, order);
+
+  int64_t S = 1;
+  for (int64_t d = 2; d < input.dim(); ++d) S *= input.size(d);
+  p.shape = GroupNormShape{input.size(0), C, S, num_groups, order};
+  return p;
+}
+
+BackwardProblem check_backward(const char* op, const Tensor& grad_out, const Tensor& input,
+                               const Tensor& mean, const Tensor& rstd,
+                               const OptionalTensor& weight, const OptionalTensor& bias,
+                               int64_t num_groups, std::string_view activation) {
+  BackwardProblem b;
+  b.fwd = check_forward(op, input, num_groups, weight, bias, activation);
+  TORCH_CHECK(grad_out.defined() && grad_out.sizes() == input.sizes(), op,
+              ": expected grad_out of the input's shape ", input.sizes(), ", but got ",
+              grad_out.defined() ? grad_out.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(grad_out.device() == input.device(), op,
+              ": expected all tensors to be on the same device, but grad_out is on ",
+              grad_out.device(), " and input is on ", input.device());
+  TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(), op, ": grad_out has dtype ",
+              grad_out.scalar_type(), " but input has dtype ", input.scalar_type());
+  const auto& shape = b.fwd.shape;
+  const auto want = stats_dtype(input.scalar_type());
+  for (const auto& [name, stat] : {std::pair<const char*, const Tensor*>{"mean", &mean},
+                                   std::pair<const char*, const Tensor*>{"rstd", &rstd}}) {
+    TORCH_CHECK(stat->defined() && stat->numel() == shape.N * shape.groups, op, ": expected ",
+                name, " of shape (N, G) = (", shape.N, ", ", shape.groups, "), but got ",
+                stat->defined() ? stat->sizes() : at::IntArrayRef{});
+    TORCH_CHECK(stat->device() == input.device(), op, ": ", name, " is on ", stat->device(),
+                " but input is on ", input.device());
+    TORCH_CHECK(stat->scalar_type() == want, op, ": expected ", name, " of dtype ", want,
+                " but got ", stat->scalar_type());
+  }
+  b.grad_out = dense_in_order(grad_out, shape.order);
+  b.mean = mean.contiguous();
+  b.rstd = rstd.contiguous();
+  return b;
+}
+
+Tensor empty_in_order(const Tensor& like, MemoryOrder order, at::ScalarType dtype) {
+  const auto opts = like.options().dtype(dtype).memory_format(c10::nullopt);
+  if (order == MemoryOrder::NCS) return at::empty(like.sizes(), opts);
+  const auto perm = channels_last_permutation(like.dim());
+  std::vector<int64_t> permuted_sizes, inverse(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) {
+    permuted_sizes.push_back(like.size(perm[i]));
+    inverse[perm[i]] = static_cast<int64_t>(i);
+  }
+  return at::empty(permuted_sizes, opts).permute(inverse);
+}
+
+}  // namespace groupnorm_ext

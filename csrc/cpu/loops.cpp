@@ -1,0 +1,202 @@
+// Bodies of the loops declared in loops.h. Each public function is a GCC
+// `target_clones` wrapper around an always-inline template, so the template is compiled
+// separately for every ISA in kClones and nothing else in the library changes ISA.
+//
+// Reductions keep kLanes independent accumulators (a whole number of vector registers
+// for every clone): the compiler vectorizes them without -ffast-math, and the summation
+// order is fixed by the code, not by the thread count or the vector width picked.
+#include "loops.h"
+
+namespace groupnorm_ext {
+namespace cpu {
+namespace {
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define GN_CLONES
+#endif
+#define GN_INLINE __attribute__((always_inline)) inline
+
+// 32 floats = two AVX-512 registers (or four AVX2 ones): two independent add chains
+// hide the add latency; doubles get the same register count.
+template <typename acc_t>
+constexpr int kLanes = sizeof(acc_t) == 4 ? 32 : 16;
+
+template <typename acc_t, typename T>
+GN_INLINE acc_t load(const T* p) {
+  return static_cast<acc_t>(*p);
+}
+
+// Fixed pairwise reduction of the lane accumulators.
+template <typename acc_t>
+GN_INLINE acc_t reduce_lanes(acc_t* lanes) {
+  for (int width = kLanes<acc_t> / 2; width > 0; width /= 2) {
+    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  }
+  return lanes[0];
+}
+
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE acc_t sum_impl(const T* x, int64_t n) {
+  constexpr int L = kLanes<acc_t>;
+  acc_t lanes[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    for (int l = 0; l < L; ++l) lanes[l] += load<acc_t>(x + i + l);
+  }
+  for (int l = 0; i < n; ++i, ++l) lanes[l] += load<acc_t>(x + i);
+  return reduce_lanes(lanes);
+}
+
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE acc_t sum_sq_dev_impl(const T* x, int64_t n, acc_t mean) {
+  constexpr int L = kLanes<acc_t>;
+  acc_t lanes[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    for (int l = 0; l < L; ++l) {
+      const acc_t d = load<acc_t>(x + i + l) - mean;
+      lanes[l] += d * d;
+    }
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    const acc_t d = load<acc_t>(x + i) - mean;
+    lanes[l] += d * d;
+  }
+  return reduce_lanes(lanes);
+}
+
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void scale_shift_impl(const T* x, T* y, int64_t n, acc_t scale, acc_t shift) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(load<acc_t>(x + i) * scale + shift);
+}
+
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void scale_shift_row_impl(const T* x, T* y, int64_t n, const acc_t* scale,
+                                    const acc_t* shift) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(load<acc_t>(x + i) * scale[i] + shift[i]);
+}
+
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void accumulate_row_impl(const T* x, acc_t* acc, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += load<acc_t>(x + i);
+}
+
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void accumulate_sq_dev_row_impl(const T* x, acc_t* acc, const acc_t* mean, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t d = load<acc_t>(x + i) - mean[i];
+    acc[i] += d * d;
+  }
+}
+
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, acc_t mean, acc_t* sum_dy,
+                              acc_t* sum_dy_xc) {
+  constexpr int L = kLanes<acc_t>;
+  acc_t lanes_dy[L] = {};
+  acc_t lanes_dy_xc[L] = {};
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    for (int l = 0; l < L; ++l) {
+      const acc_t g = load<acc_t>(dy + i + l);
+      lanes_dy[l] += g;
+      lanes_dy_xc[l] += g * (load<acc_t>(x + i + l) - mean);
+    }
+  }
+  for (int l = 0; i < n; ++i, ++l) {
+    const acc_t g = load<acc_t>(dy + i);
+    lanes_dy[l] += g;
+    lanes_dy_xc[l] += g * (load<acc_t>(x + i) - mean);
+  }
+  *sum_dy = reduce_lanes(lanes_dy);
+  *sum_dy_xc = reduce_lanes(lanes_dy_xc);
+}
+
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void grad_sums_row_impl(const T* dy, const T* x, int64_t n, const acc_t* mean,
+                                  acc_t* sum_dy, acc_t* sum_dy_xc) {
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t g = load<acc_t>(dy + i);
+    sum_dy[i] += g;
+    sum_dy_xc[i] += g * (load<acc_t>(x + i) - mean[i]);
+  }
+}
+
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void grad_input_impl(const T* dy, const T* x, T* dx, int64_t n, acc_t a, acc_t kx,
+                               acc_t mean, acc_t kc) {
+  for (int64_t i = 0; i < n; ++i) {
+    dx[i] = static_cast<T>(a * load<acc_t>(dy + i) + kx * (load<acc_t>(x + i) - mean) + kc);
+  }
+}
+
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void grad_input_row_impl(const T* dy, const T* x, T* dx, int64_t n, const acc_t* a,
+                                   const acc_t* kx, const acc_t* mean, const acc_t* kc) {
+  for (int64_t i = 0; i < n; ++i) {
+    dx[i] = static_cast<T>(a[i] * load<acc_t>(dy + i) + kx[i] * (load<acc_t>(x + i) - mean[i]) +
+                           kc[i]);
+  }
+}
+
+}  // namespace
+
+#define GN_DEFINE_LOOPS(T)                                                                     \
+  GN_CLONES opmath_t<T> loop_sum(const T* x, int64_t n) { return sum_impl(x, n); }             \
+  GN_CLONES opmath_t<T> loop_sum_sq_dev(const T* x, int64_t n, opmath_t<T> mean) {             \
+    return sum_sq_dev_impl(x, n, mean);                                                        \
+  }                                                                                            \
+  GN_CLONES void loop_scale_shift(const T* x, T* y, int64_t n, opmath_t<T> scale,              \
+                                  opmath_t<T> shift) {                                         \
+    scale_shift_impl(x, y, n, scale, shift);                                                   \
+  }                                                                                            \
+  GN_CLONES void loop_scale_shift_row(const T* x, T* y, int64_t n, const opmath_t<T>* scale,   \
+                                      const opmath_t<T>* shift) {                              \
+    scale_shift_row_impl(x, y, n, scale, shift);                                               \
+  }                                                                                            \
+  GN_CLONES void loop_accumulate_row(const T* x, opmath_t<T>* acc, int64_t n) {                \
+    accumulate_row_impl(x, acc, n);                                                            \
+  }                                                                                            \
+  GN_CLONES void loop_accumulate_sq_dev_row(const T* x, opmath_t<T>* acc,                      \
+                                            const opmath_t<T>* mean, int64_t n) {              \
+    accumulate_sq_dev_row_impl(x, acc, mean, n);                                               \
+  }                                                                                            \
+  GN_CLONES void loop_grad_sums(const T* dy, const T* x, int64_t n, opmath_t<T> mean,          \
+                                opmath_t<T>* sum_dy, opmath_t<T>* sum_dy_xc) {                 \
+    grad_sums_impl(dy, x, n, mean, sum_dy, sum_dy_xc);                                         \
+  }                                                                                            \
+  GN_CLONES void loop_grad_sums_row(const T* dy, const T* x, int64_t n,                        \
+                                    const opmath_t<T>* mean, opmath_t<T>* sum_dy,              \
+                                    opmath_t<T>* sum_dy_xc) {                                  \
+    grad_sums_row_impl(dy, x, n, mean, sum_dy, sum_dy_xc);                                     \
+  }                                                                                            \
+  GN_CLONES void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,     \
+                                 opmath_t<T> kx, opmath_t<T> mean, opmath_t<T> kc) {           \
+    grad_input_impl(dy, x, dx, n, a, kx, mean, kc);                                            \
+  }                                                                                            \
+  GN_CLONES void loop_grad_input_row(const T* dy, const T* x, T* dx, int64_t n,                \
+                                     const opmath_t<T>* a, const opmath_t<T>* kx,              \
+                                     const opmath_t<T>* mean, const opmath_t<T>* kc) {         \
+    grad_input_row_impl(dy, x, dx, n, a, kx, mean, kc);                                        \
+  }
+
+GN_DEFINE_LOOPS(float)
+GN_DEFINE_LOOPS(double)
+GN_DEFINE_LOOPS(c10::Half)
+GN_DEFINE_LOOPS(c10::BFloat16)
+#undef GN_DEFINE_LOOPS
+
+const char* loops_isa() {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  // Mirrors the loader's choice for GN_CLONES: the highest level this CPU supports.
+  if (__builtin_cpu_supports("x86-64-v4")) return "avx512 (x86-64-v4 clone)";
+  if (__builtin_cpu_supports("x86-64-v3")) return "avx2 (x86-64-v3 clone)";
+#endif
+  return "baseline";
+}
+
+}  // namespace cpu
+}  // namespace groupnorm_ext

@@ -1,0 +1,61 @@
+// The CPU inner loops: contiguous runs of one dtype, accumulated in its opmath type.
+// Each is a plain function compiled several times by GCC `target_clones` (loops.cpp):
+// the dynamic loader picks the AVX-512, AVX2 or baseline clone for the running CPU, so
+// the default build stays portable (no -march=native) and still uses wide vectors.
+#pragma once
+
+#include <cstdint>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+namespace groupnorm_ext {
+namespace cpu {
+
+template <typename T>
+struct Opmath { using type = float; };
+template <>
+struct Opmath<double> { using type = double; };
+template <typename T>
+using opmath_t = typename Opmath<T>::type;
+
+#define GN_DECLARE_LOOPS(T)                                                                  \
+  /* sum of x[0..n) */                                                                       \
+  opmath_t<T> loop_sum(const T* x, int64_t n);                                               \
+  /* sum of (x - mean)^2 over x[0..n) */                                                     \
+  opmath_t<T> loop_sum_sq_dev(const T* x, int64_t n, opmath_t<T> mean);                      \
+  /* y = x * scale + shift, one scale/shift for the run (NCS apply) */                       \
+  void loop_scale_shift(const T* x, T* y, int64_t n, opmath_t<T> scale, opmath_t<T> shift); \
+  /* y[i] = x[i] * scale[i] + shift[i] (NSC apply: one row of channels) */                   \
+  void loop_scale_shift_row(const T* x, T* y, int64_t n, const opmath_t<T>* scale,           \
+                            const opmath_t<T>* shift);                                       \
+  /* acc[i] += x[i] */                                                                       \
+  void loop_accumulate_row(const T* x, opmath_t<T>* acc, int64_t n);                         \
+  /* acc[i] += (x[i] - mean[i])^2 */                                                         \
+  void loop_accumulate_sq_dev_row(const T* x, opmath_t<T>* acc, const opmath_t<T>* mean,     \
+                                  int64_t n);                                                \
+  /* sums of dy and of dy * (x - mean) over a run */                                         \
+  void loop_grad_sums(const T* dy, const T* x, int64_t n, opmath_t<T> mean,                  \
+                      opmath_t<T>* sum_dy, opmath_t<T>* sum_dy_xc);                          \
+  /* per-channel sums: sum_dy[i] += dy[i]; sum_dy_xc[i] += dy[i] * (x[i] - mean[i]) */       \
+  void loop_grad_sums_row(const T* dy, const T* x, int64_t n, const opmath_t<T>* mean,       \
+                          opmath_t<T>* sum_dy, opmath_t<T>* sum_dy_xc);                      \
+  /* dx = a * dy + kx * (x - mean) + kc, one coefficient set for the run */                \
+  void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,             \
+                       opmath_t<T> kx, opmath_t<T> mean, opmath_t<T> kc);                    \
+  /* dx[i] = a[i] * dy[i] + kx[i] * (x[i] - mean[i]) + kc[i] */                              \
+  void loop_grad_input_row(const T* dy, const T* x, T* dx, int64_t n, const opmath_t<T>* a,  \
+                           const opmath_t<T>* kx, const opmath_t<T>* mean,                   \
+                           const opmath_t<T>* kc);
+
+GN_DECLARE_LOOPS(float)
+GN_DECLARE_LOOPS(double)
+GN_DECLARE_LOOPS(c10::Half)
+GN_DECLARE_LOOPS(c10::BFloat16)
+#undef GN_DECLARE_LOOPS
+
+// Which clone the loader picked on this CPU ("avx512", "avx2" or "baseline").
+const char* loops_isa();
+
+}  // namespace cpu
+}  // namespace groupnorm_ext

@@ -1,0 +1,166 @@
+// The plan: how one (n, group) slab is cut into chunks and how the chunks' partial
+// statistics are combined. Shared, unchanged, by the CPU and CUDA executors, so both
+// produce the same combine order by construction. Everything here is a plain inline
+// function usable from host and device code, and is exercised by the CPU tests.
+#pragma once
+
+#include <cstdint>
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define GN_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define GN_HOST_DEVICE inline
+#endif
+
+namespace groupnorm_ext {
+
+// Partial moments of a set of values: element count, mean and the sum of squared
+// deviations from that mean (M2). Never sum / sum-of-squares: those cancel when
+// |mean| >> std.
+template <typename acc_t>
+struct Moments {
+  acc_t count;
+  acc_t mean;
+  acc_t m2;
+};
+
+template <typename acc_t>
+GN_HOST_DEVICE Moments<acc_t> empty_moments() {
+  return Moments<acc_t>{acc_t(0), acc_t(0), acc_t(0)};
+}
+
+// Chan et al. parallel combine of two partials. Order matters for the bits of the
+// result: callers always combine in a fixed order (lower chunk index on the left).
+template <typename acc_t>
+GN_HOST_DEVICE Moments<acc_t> combine_moments(const Moments<acc_t>& a, const Moments<acc_t>& b) {
+  if (b.count == acc_t(0)) return a;
+  if (a.count == acc_t(0)) return b;
+  const acc_t count = a.count + b.count;
+  const acc_t delta = b.mean - a.mean;
+  const acc_t b_weight = b.count / count;
+  Moments<acc_t> out;
+  out.count = count;
+  out.mean = a.mean + delta * b_weight;
+  out.m2 = a.m2 + b.m2 + delta * delta * a.count * b_weight;
+  return out;
+}
+
+// Combine partials[0..n) with a fixed pairwise tree (stride doubling): the same order on
+// every executor and thread count, and error growing with log(n) instead of n.
+template <typename acc_t>
+GN_HOST_DEVICE Moments<acc_t> combine_moments_tree(Moments<acc_t>* partials, int64_t n) {
+  if (n <= 0) return empty_moments<acc_t>();
+  for (int64_t stride = 1; stride < n; stride *= 2) {
+    for (int64_t i = 0; i + stride < n; i += 2 * stride) {
+      partials[i] = combine_moments(partials[i], partials[i + stride]);
+    }
+  }
+  return partials[0];
+}
+
+// Biased variance (what GroupNorm normalizes with) and reciprocal standard deviation.
+template <typename acc_t>
+GN_HOST_DEVICE acc_t moments_variance(const Moments<acc_t>& m) {
+  if (m.count <= acc_t(0)) return acc_t(0);
+  const acc_t var = m.m2 / m.count;
+  return var > acc_t(0) ? var : acc_t(0);  // M2 is >= 0 mathematically; guard rounding
+}
+
+template <typename acc_t>
+GN_HOST_DEVICE acc_t rstd_from_variance(acc_t var, acc_t eps) {
+  return acc_t(1) / std::sqrt(var + eps);
+}
+
+// ---------------------------------------------------------------------------------
+// Shapes. Every layout is described by the logical sizes N, C, S (S = product of the
+// spatial sizes) plus the memory order: NCS ("contiguous") or NSC ("channels last",
+// which covers channels_last, channels_last_3d and any rank whose channel dim is
+// innermost). All offsets are 64-bit: a tensor may hold more than 2^31 elements.
+enum class MemoryOrder : int { NCS = 0, NSC = 1 };
+
+struct GroupNormShape {
+  int64_t N;
+  int64_t C;
+  int64_t S;       // spatial elements per (n, c)
+  int64_t groups;  // G
+  MemoryOrder order;
+
+  GN_HOST_DEVICE int64_t channels_per_group() const { return C / groups; }
+  GN_HOST_DEVICE int64_t group_elems() const { return channels_per_group() * S; }
+  GN_HOST_DEVICE int64_t numel() const { return N * C * S; }
+  // Offset of element (n, c, s) in memory.
+  GN_HOST_DEVICE int64_t offset(int64_t n, int64_t c, int64_t s) const {
+    return order == MemoryOrder::NCS ? (n * C + c) * S + s : (n * S + s) * C + c;
+  }
+};
+
+// ---------------------------------------------------------------------------------
+// Chunking. A slab is cut along the spatial axis into chunks of `chunk_spatial`
+// positions; each chunk covers all channels of its group (NCS) or of all groups (NSC)
+// for that spatial range. The chunk size depends only on the shape — never on the
+// number of threads or blocks — so results are bitwise identical whatever executes
+// them.
+struct ChunkPlan {
+  int64_t chunk_spatial;  // spatial positions per chunk
+  int64_t num_chunks;     // chunks per slab: ceil(S / chunk_spatial)
+
+  GN_HOST_DEVICE int64_t begin(int64_t k) const { return k * chunk_spatial; }
+  GN_HOST_DEVICE int64_t end(int64_t k, int64_t S) const {
+    const int64_t e = (k + 1) * chunk_spatial;
+    return e < S ? e : S;
+  }
+};
+
+// Target number of elements one chunk reduces: small enough that the chunk stays in a
+// CPU core's L1/L2 (the in-chunk two-pass re-reads it) and that a slab yields many
+// chunks to spread across cores or SMs, large enough that the per-chunk partial and its
+// combine cost nothing against the data.
+constexpr int64_t kChunkTargetElems = 8192;
+
+// `elems_per_position` is how many elements of the tensor one spatial position of one
+// chunk touches: channels_per_group for NCS (one group at a time), C for NSC (the chunk
+// reduces every group at once, reading whole rows of C channels).
+// `max_chunks` bounds the chunk count when each chunk's partial is large (a row of C
+// per-channel sums in the channels-last backward).
+GN_HOST_DEVICE ChunkPlan make_chunk_plan(int64_t S, int64_t elems_per_position,
+                                         int64_t max_chunks = INT64_MAX) {
+  ChunkPlan plan;
+  int64_t per = elems_per_position > 0 ? elems_per_position : 1;
+  int64_t cs = kChunkTargetElems / per;
+  if (cs < 1) cs = 1;
+  if (max_chunks > 0 && S > 0 && (S + cs - 1) / cs > max_chunks) cs = (S + max_chunks - 1) / max_chunks;
+  if (S > 0 && cs > S) cs = S;
+  plan.chunk_spatial = cs;
+  plan.num_chunks = S > 0 ? (S + cs - 1) / cs : 0;
+  return plan;
+}
+
+GN_HOST_DEVICE ChunkPlan make_chunk_plan(const GroupNormShape& shape) {
+  return make_chunk_plan(shape.S, shape.order == MemoryOrder::NCS ? shape.channels_per_group()
+                                                                   : shape.C);
+}
+
+// ---------------------------------------------------------------------------------
+// Vector split of a contiguous run [begin, end) for loads of `vec` elements: the
+// scalar head up to the first address aligned to vec elements, the aligned body, and
+// the scalar tail. `misalign` is (address of element 0 / sizeof(T)) % vec.
+struct VectorSplit {
+  int64_t head_end;  // [begin, head_end): scalar
+  int64_t body_end;  // [head_end, body_end): whole vectors
+  // [body_end, end): scalar
+};
+
+GN_HOST_DEVICE VectorSplit split_for_vectors(int64_t begin, int64_t end, int64_t misalign,
+                                             int64_t vec) {
+  VectorSplit split;
+  const int64_t phase = (misalign + begin) % vec;
+  int64_t head_end = begin + (phase == 0 ? 0 : vec - phase);
+  if (head_end > end) head_end = end;
+  const int64_t body = ((end - head_end) / vec) * vec;
+  split.head_end = head_end;
+  split.body_end = head_end + body;
+  return split;
+}
+
+}  // namespace groupnorm_ext

@@ -1,0 +1,201 @@
+"""CUDA kernels: the same contract as on CPU (fp64 reference, CPU path, layouts, dtypes, forward and
+backward), shapes chosen to reach each kernel path, and run-to-run determinism. Skipped without a GPU."""
+import pytest
+import torch
+
+import groupnorm_ext
+from reference import (FLOAT_DTYPES, LOW_PRECISION, STAT_TOLERANCES, assert_memory_format_preserved,
+                       layouts_for_rank, make_affine, make_grad_out, make_input, ref_group_norm, ref_grads,
+                       shape_id, stat_dtype, tol)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+DEVICE = "cuda"
+ops = torch.ops.groupnorm_ext
+
+DTYPES = [pytest.param(d, id=str(d)[6:]) for d in FLOAT_DTYPES]
+
+# (shape, G): the CPU matrix plus shapes that pick different kernel paths
+SHAPES = [
+    ((3, 6), 3),                 # rank 2: one element per (group, channel)
+    ((2, 6, 7), 2),              # rank 3, odd length
+    ((2, 6, 5, 3), 3),           # odd spatial
+    ((1, 8, 3, 4, 5), 4),        # rank 5
+    ((4, 12, 3, 5), 12),         # G == C
+    ((2, 8, 4, 4), 1),           # G == 1
+    ((2, 64, 1, 1), 32),         # tiny groups: 2 elements each
+    ((2, 32, 8, 8), 32),         # N*G = 64  (< 132 SMs: fewer slabs than SMs)
+    ((8, 32, 8, 8), 32),         # N*G = 256 (> 132)
+    ((5, 64, 3, 3), 32),         # N*G = 160, odd spatial
+    ((3, 10, 7, 9), 5),          # odd everything
+    ((2, 40, 17, 13), 8),        # group larger than a warp, not a multiple of any vector width
+    ((1, 16, 33, 65), 2),        # ~17k elements per group
+]
+CASES = [pytest.param(s, g, lay, id=f"{shape_id(s)}-G{g}-{lay}") for s, g in SHAPES for lay in layouts_for_rank(len(s))]
+
+
+def make(shape, dtype, layout, seed, **kw):
+    return make_input(shape, dtype, layout, seed=seed, device=DEVICE, **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,G,layout", CASES)
+def test_forward_matches_reference_and_cpu(shape, G, layout, dtype):
+    x = make(shape, dtype, layout, seed=1)
+    w, b = make_affine(shape[1], dtype, seed=2, device=DEVICE)
+    out, mean, rstd = ops.group_norm_forward(x, G, w, b, 1e-5, "identity")
+    assert out.device.type == DEVICE and out.dtype == dtype and out.shape == x.shape
+    if layout in ("contiguous", "channels_last", "channels_last_3d"):
+        assert_memory_format_preserved(out, x)
+    exp, exp_mean, exp_rstd = ref_group_norm(x.cpu(), G, w.cpu(), b.cpu(), 1e-5)
+    torch.testing.assert_close(out.double().cpu(), exp, **tol(dtype))
+    assert mean.shape == (shape[0], G) and mean.dtype == stat_dtype(dtype) and rstd.dtype == stat_dtype(dtype)
+    torch.testing.assert_close(mean.double().cpu(), exp_mean, **STAT_TOLERANCES[stat_dtype(dtype)])
+    torch.testing.assert_close(rstd.double().cpu(), exp_rstd, **STAT_TOLERANCES[stat_dtype(dtype)])
+    cpu_out = groupnorm_ext.group_norm(x.cpu(), G, w.cpu(), b.cpu(), 1e-5)
+    # two roundings (one per device) apart at most
+    torch.testing.assert_close(out.cpu().double(), cpu_out.double(),
+                               atol=2 * tol(dtype)["atol"], rtol=2 * tol(dtype)["rtol"])
+    torch.testing.assert_close(groupnorm_ext.group_norm(x, G, w, b, 1e-5), out, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,G,layout", CASES)
+def test_backward_matches_reference(shape, G, layout, dtype):
+    x = make(shape, dtype, layout, seed=3, requires_grad=True)
+    w, b = make_affine(shape[1], dtype, seed=4, device=DEVICE, requires_grad=True)
+    gy = make_grad_out(shape, dtype, layout, seed=5, device=DEVICE)
+    groupnorm_ext.group_norm(x, G, w, b, 1e-5).backward(gy)
+    exp = ref_grads(x.cpu(), G, w.cpu(), b.cpu(), gy.cpu())
+    for name, got, e in zip(("grad_input", "grad_weight", "grad_bias"), (x.grad, w.grad, b.grad), exp):
+        assert got.device.type == DEVICE and got.dtype == dtype
+        torch.testing.assert_close(got.double().cpu(), e, msg=lambda m: f"{name}: {m}", **tol(dtype, grad=True))
+
+
+@pytest.mark.parametrize("affine", ["none", "weight_only", "bias_only"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_partial_affine_forward_backward(affine, layout, dtype):
+    shape, G = (3, 32, 5, 7), 8
+    x = make(shape, dtype, layout, seed=6, requires_grad=True)
+    w, b = make_affine(32, dtype, seed=7, device=DEVICE, requires_grad=True)
+    w = w if affine == "weight_only" else None
+    b = b if affine == "bias_only" else None
+    gy = make_grad_out(shape, dtype, layout, seed=8, device=DEVICE)
+    out = groupnorm_ext.group_norm(x, G, w, b)
+    torch.testing.assert_close(out.double().cpu(), ref_group_norm(x.cpu(), G, None if w is None else w.cpu(),
+                                                                  None if b is None else b.cpu())[0], **tol(dtype))
+    out.backward(gy)
+    exp = ref_grads(x.cpu(), G, None if w is None else w.cpu(), None if b is None else b.cpu(), gy.cpu())
+    torch.testing.assert_close(x.grad.double().cpu(), exp[0], **tol(dtype, grad=True))
+    for t, e in ((w, exp[1]), (b, exp[2])):
+        if t is not None:
+            torch.testing.assert_close(t.grad.double().cpu(), e, **tol(dtype, grad=True))
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(d, id=str(d)[6:]) for d in LOW_PRECISION])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "misaligned"])
+def test_low_precision_with_float32_affine(layout, dtype):
+    shape, G = (4, 64, 9, 11), 16
+    x = make(shape, dtype, layout, seed=9, requires_grad=True)
+    w, b = make_affine(64, torch.float32, seed=10, device=DEVICE, requires_grad=True)
+    gy = make_grad_out(shape, dtype, layout, seed=11, device=DEVICE)
+    out = groupnorm_ext.group_norm(x, G, w, b)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double().cpu(), ref_group_norm(x.cpu(), G, w.cpu(), b.cpu())[0], **tol(dtype))
+    out.backward(gy)
+    assert x.grad.dtype == dtype and w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+    exp = ref_grads(x.cpu(), G, w.cpu(), b.cpu(), gy.cpu())
+    for got, e in zip((x.grad, w.grad, b.grad), exp):
+        torch.testing.assert_close(got.double().cpu(), e, **tol(dtype, grad=True))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d"])
+def test_group_larger_than_a_block(layout):
+    # 8 channels x 64^3 = 2M elements per group: several blocks (or a split reduction) per slab
+    shape, G = (1, 32, 64, 64, 64), 4
+    x = make(shape, torch.float32, layout, seed=12, requires_grad=True)
+    w, b = make_affine(32, seed=13, device=DEVICE, requires_grad=True)
+    out, mean, rstd = ops.group_norm_forward(x.detach(), G, w.detach(), b.detach(), 1e-5, "identity")
+    exp, exp_mean, exp_rstd = ref_group_norm(x.detach(), G, w.detach(), b.detach())
+    torch.testing.assert_close(mean.double(), exp_mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rstd.double(), exp_rstd, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), exp, atol=1e-4, rtol=1e-4)
+    assert_memory_format_preserved(out, x)
+    gy = make_grad_out(shape, torch.float32, layout, seed=14, device=DEVICE)
+    groupnorm_ext.group_norm(x, G, w, b).backward(gy)
+    exp_g = ref_grads(x.detach(), G, w.detach(), b.detach(), gy)
+    for got, e in zip((x.grad, w.grad, b.grad), exp_g):
+        torch.testing.assert_close(got.double(), e, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize("shape,G", [((2, 6, 5, 3), 3), ((3, 64, 7, 9), 32), ((2, 16, 4, 4, 5), 4), ((4, 8, 33), 2)],
+                         ids=lambda v: shape_id(v) if isinstance(v, tuple) else f"G{v}")
+def test_misaligned_views(shape, G, dtype):
+    # x[..., 1:]: storage offset 1 and odd row pitch, so no vectorised load is aligned
+    wide = make(shape[:-1] + (shape[-1] + 1,), dtype, "contiguous", seed=15)
+    x = wide[..., 1:]
+    assert x.storage_offset() == 1 and not x.is_contiguous()
+    w, b = make_affine(shape[1], dtype, seed=16, device=DEVICE)
+    out = groupnorm_ext.group_norm(x, G, w, b)
+    torch.testing.assert_close(out.double().cpu(), ref_group_norm(x.cpu(), G, w.cpu(), b.cpu())[0], **tol(dtype))
+    # a misaligned contiguous tensor: offset 1 into a flat buffer
+    flat = torch.empty(x.numel() + 1, dtype=dtype, device=DEVICE)
+    xc = flat[1:].view(shape)
+    xc.copy_(x)
+    assert xc.is_contiguous() and xc.storage_offset() == 1
+    torch.testing.assert_close(groupnorm_ext.group_norm(xc, G, w, b), out, **tol(dtype))
+    xr = xc.detach().requires_grad_(True)
+    gy = make_grad_out(shape, dtype, seed=17, device=DEVICE)
+    groupnorm_ext.group_norm(xr, G, w, b).backward(gy)
+    torch.testing.assert_close(xr.grad.double().cpu(), ref_grads(x.cpu(), G, w.cpu(), b.cpu(), gy.cpu())[0],
+                               **tol(dtype, grad=True))
+
+
+@pytest.mark.parametrize("shape,G,layout", [((8, 32, 16, 16), 32, "contiguous"), ((8, 32, 16, 16), 8, "channels_last"),
+                                            ((1, 32, 32, 32, 32), 4, "contiguous"), ((2, 64, 9, 11), 16, "misaligned")],
+                         ids=lambda v: shape_id(v) if isinstance(v, tuple) else str(v))
+def test_deterministic(shape, G, layout):
+    x = make(shape, torch.float32, layout, seed=18)
+    w, b = make_affine(shape[1], seed=19, device=DEVICE)
+    gy = make_grad_out(shape, torch.float32, layout, seed=20, device=DEVICE)
+
+    def run():
+        xx, ww, bb = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+        if layout == "misaligned":
+            wide = torch.empty(shape[:-1] + (shape[-1] + 1,), device=DEVICE)
+            xx = wide[..., 1:].copy_(x).requires_grad_(True)
+        out = groupnorm_ext.group_norm(xx, G, ww, bb)
+        out.backward(gy)
+        return out.detach(), xx.grad, ww.grad, bb.grad
+
+    first, second = run(), run()
+    for a, c in zip(first, second):
+        assert torch.equal(a, c), "two identical runs gave different bits"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_batch(dtype):
+    for shape, layout in (((0, 6, 5, 3), "contiguous"), ((0, 6, 5, 3), "channels_last"), ((0, 6), "contiguous")):
+        x = make(shape, dtype, layout, seed=21, requires_grad=True)
+        w, b = make_affine(6, dtype, device=DEVICE, requires_grad=True)
+        out = groupnorm_ext.group_norm(x, 3, w, b)
+        assert out.shape == shape and out.device.type == DEVICE
+        out.backward(torch.ones_like(out))
+        torch.testing.assert_close(w.grad, torch.zeros_like(w))
+
+
+def test_runs_on_current_device_stream():
+    # results are visible on the current stream without an explicit synchronize
+    s = torch.cuda.Stream()
+    x = make((4, 32, 16, 16), torch.float32, "contiguous", seed=22)
+    w, b = make_affine(32, seed=23, device=DEVICE)
+    expected = groupnorm_ext.group_norm(x, 8, w, b)
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        out = groupnorm_ext.group_norm(x, 8, w, b)
+        total = out.sum()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    torch.testing.assert_close(total, expected.sum(), atol=1e-3, rtol=1e-5)

@@ -1,0 +1,218 @@
+"""Forward numerics: groupnorm_ext.group_norm equals the fp64 reference and torch's F.group_norm for every
+rank, group count, layout, dtype and affine combination; mean/rstd from group_norm_forward; memory format;
+empty batches."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import groupnorm_ext
+from reference import (FLOAT_DTYPES, LOW_PRECISION, STAT_TOLERANCES, assert_memory_format_preserved,
+                       layouts_for_rank, make_affine, make_input, ref_group_norm, shape_id, stat_dtype, tol)
+
+ops = torch.ops.groupnorm_ext
+
+# (shape, num_groups): ranks 2..5, N = 1 and N > 1, odd spatial sizes, G in {1, middle, C}.
+SHAPES = [(3, 6), (2, 6, 7), (2, 6, 5, 3), (1, 8, 3, 4, 5), (4, 12, 3, 5), (2, 4, 1, 1)]
+
+
+SHAPE_GROUPS = [(s, g) for s in SHAPES for g in (1, {6: 3, 8: 4, 12: 4, 4: 2}[s[1]], s[1])]
+CASES = [pytest.param(s, g, lay, id=f"{shape_id(s)}-G{g}-{lay}")
+         for s, g in SHAPE_GROUPS for lay in layouts_for_rank(len(s))]
+DTYPES = [pytest.param(d, id=str(d).replace("torch.", "")) for d in FLOAT_DTYPES]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,G,layout", CASES)
+def test_matches_fp64_reference(shape, G, layout, dtype):
+    x = make_input(shape, dtype, layout, seed=11)
+    w, b = make_affine(shape[1], dtype, seed=12)
+    out = groupnorm_ext.group_norm(x, G, w, b, 1e-5)
+    assert out.dtype == dtype
+    assert out.shape == x.shape
+    expected, _, _ = ref_group_norm(x, G, w, b, 1e-5)
+    torch.testing.assert_close(out.double(), expected, **tol(dtype))
+
+
+def group_size(shape, G):
+    return shape[1] // G * math.prod(shape[2:])
+
+
+# torch's CPU kernel folds the mean into a shift (x * rstd*w + (b - mean*rstd*w)), which is off by
+# ~|mean| * rstd * ulp; for a one-element group rstd = 1/sqrt(eps) ~ 316, so that is ~1e-4 in float32.
+# Those cases are checked against the fp64 reference above only.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,G,layout", [c for c in CASES if group_size(c.values[0], c.values[1]) > 1])
+def test_matches_torch_group_norm(shape, G, layout, dtype):
+    x = make_input(shape, dtype, layout, seed=21)
+    w, b = make_affine(shape[1], dtype, seed=22)
+    out = groupnorm_ext.group_norm(x, G, w, b, 1e-5)
+    expected = F.group_norm(x.contiguous(), G, w, b, 1e-5)
+    assert out.dtype == expected.dtype
+    torch.testing.assert_close(out.double(), expected.double(), **tol(dtype))
+
+
+AFFINE = ["none", "weight_only", "bias_only", "both"]
+
+
+@pytest.mark.parametrize("affine", AFFINE)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,G,layout", [
+    pytest.param((2, 6, 5, 3), 3, "contiguous", id="2x6x5x3-G3-contiguous"),
+    pytest.param((2, 6, 5, 3), 2, "channels_last", id="2x6x5x3-G2-channels_last"),
+    pytest.param((1, 8, 3, 4, 5), 4, "channels_last_3d", id="1x8x3x4x5-G4-channels_last_3d"),
+    pytest.param((3, 6, 7), 3, "strided", id="3x6x7-G3-strided"),
+])
+def test_affine_variants(shape, G, layout, dtype, affine):
+    x = make_input(shape, dtype, layout, seed=31)
+    w, b = make_affine(shape[1], dtype, seed=32)
+    w = w if affine in ("weight_only", "both") else None
+    b = b if affine in ("bias_only", "both") else None
+    out = groupnorm_ext.group_norm(x, G, w, b)
+    expected, _, _ = ref_group_norm(x, G, w, b)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, **tol(dtype))
+    torch.testing.assert_close(out, F.group_norm(x, G, w, b).to(dtype), **tol(dtype))
+
+
+@pytest.mark.parametrize("affine", ["weight_only", "bias_only", "both"])
+@pytest.mark.parametrize("dtype", [pytest.param(d, id=str(d)[6:]) for d in LOW_PRECISION])
+@pytest.mark.parametrize("shape,G,layout", [c for c in CASES if c.values[0] in [(2, 6, 5, 3), (1, 8, 3, 4, 5), (2, 6, 7)]])
+def test_low_precision_input_with_float32_affine(shape, G, layout, dtype, affine):
+    x = make_input(shape, dtype, layout, seed=41)
+    w, b = make_affine(shape[1], torch.float32, seed=42)
+    w = w if affine in ("weight_only", "both") else None
+    b = b if affine in ("bias_only", "both") else None
+    out = groupnorm_ext.group_norm(x, G, w, b)
+    assert out.dtype == dtype, "output dtype must be the input dtype, not the weight dtype"
+    expected, _, _ = ref_group_norm(x, G, w, b)
+    torch.testing.assert_close(out.double(), expected, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,G,layout", [c for c in CASES if c.values[2] in ("contiguous", "channels_last", "channels_last_3d", "permuted")])
+def test_forward_op_returns_mean_and_rstd(shape, G, layout, dtype):
+    x = make_input(shape, dtype, layout, seed=51)
+    w, b = make_affine(shape[1], dtype, seed=52)
+    out, mean, rstd = ops.group_norm_forward(x, G, w, b, 1e-5, "identity")
+    exp_out, exp_mean, exp_rstd = ref_group_norm(x, G, w, b, 1e-5)
+    N = shape[0]
+    assert out.dtype == dtype and out.shape == x.shape
+    assert mean.shape == (N, G) and rstd.shape == (N, G)
+    assert mean.dtype == stat_dtype(dtype) and rstd.dtype == stat_dtype(dtype)
+    torch.testing.assert_close(out.double(), exp_out, **tol(dtype))
+    torch.testing.assert_close(mean.double(), exp_mean, **STAT_TOLERANCES[stat_dtype(dtype)])
+    torch.testing.assert_close(rstd.double(), exp_rstd, **STAT_TOLERANCES[stat_dtype(dtype)])
+    # the differentiable op computes the same output
+    torch.testing.assert_close(ops.group_norm(x, G, w, b, 1e-5, "identity"), out, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,layout", [
+    ((2, 6), "contiguous"), ((2, 6, 5), "contiguous"),
+    ((2, 6, 5, 3), "contiguous"), ((2, 6, 5, 3), "channels_last"), ((2, 6, 1, 1), "channels_last"),
+    ((1, 8, 3, 4, 5), "contiguous"), ((1, 8, 3, 4, 5), "channels_last_3d"), ((2, 8, 1, 2, 1), "channels_last_3d"),
+], ids=lambda v: shape_id(v) if isinstance(v, tuple) else None)
+def test_output_keeps_memory_format(shape, layout, dtype):
+    x = make_input(shape, dtype, layout, seed=61)
+    w, b = make_affine(shape[1], dtype, seed=62)
+    for out in (groupnorm_ext.group_norm(x, 2, w, b), ops.group_norm_forward(x, 2, w, b, 1e-5, "identity")[0],
+                groupnorm_ext.group_norm(x, 2)):
+        assert_memory_format_preserved(out, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,layout", [
+    ((0, 6), "contiguous"), ((0, 6, 5), "contiguous"), ((0, 6, 5, 3), "contiguous"),
+    ((0, 6, 5, 3), "channels_last"), ((0, 8, 2, 3, 4), "channels_last_3d"),
+], ids=lambda v: shape_id(v) if isinstance(v, tuple) else None)
+def test_empty_batch(shape, layout, dtype):
+    x = make_input(shape, dtype, layout)
+    w, b = make_affine(shape[1], dtype)
+    out = groupnorm_ext.group_norm(x, 3 if shape[1] == 6 else 4, w, b)
+    assert out.shape == x.shape and out.dtype == dtype and out.numel() == 0
+    out, mean, rstd = ops.group_norm_forward(x, 2, w, b, 1e-5, "identity")
+    assert out.shape == x.shape
+    assert mean.shape == (0, 2) and rstd.shape == (0, 2)
+    assert mean.dtype == stat_dtype(dtype)
+
+
+@pytest.mark.parametrize("eps", [1e-2, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eps_is_honoured(eps, dtype):
+    # small variance, so eps changes the answer well beyond the tolerance
+    x = make_input((2, 6, 4, 3), dtype, scale=0.1, offset=0.0, seed=71)
+    w, b = make_affine(6, dtype, seed=72)
+    out = groupnorm_ext.group_norm(x, 3, w, b, eps)
+    torch.testing.assert_close(out.double(), ref_group_norm(x, 3, w, b, eps)[0], **tol(dtype))
+    _, _, rstd = ops.group_norm_forward(x, 3, w, b, eps, "identity")
+    torch.testing.assert_close(rstd.double(), ref_group_norm(x, 3, w, b, eps)[2], **tol(dtype))
+    assert not torch.allclose(out, groupnorm_ext.group_norm(x, 3, w, b, 1e-5), atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_constant_groups_give_bias(dtype):
+    # zero variance: every normalized value is exactly 0, so out == bias (rstd = 1/sqrt(eps))
+    x = torch.full((2, 6, 3, 5), 0.75, dtype=dtype)
+    x[1] = -1.25
+    w, b = make_affine(6, dtype)
+    out = groupnorm_ext.group_norm(x, 3, w, b)
+    torch.testing.assert_close(out, b.reshape(1, 6, 1, 1).expand_as(x), **tol(dtype))
+    _, mean, rstd = ops.group_norm_forward(x, 3, w, b, 1e-5, "identity")
+    torch.testing.assert_close(mean, torch.tensor([[0.75] * 3, [-1.25] * 3], dtype=stat_dtype(dtype)))
+    torch.testing.assert_close(rstd, torch.full((2, 3), 1e-5 ** -0.5, dtype=stat_dtype(dtype)), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_statistics_are_stable_for_large_mean(layout):
+    # mean 100, std 1: E[x^2] - E[x]^2 in float32 loses ~3 digits; Welford-style accumulation does not.
+    x = make_input((2, 8, 16, 16), torch.float32, layout, scale=1.0, offset=100.0, seed=81)
+    out, mean, rstd = ops.group_norm_forward(x, 2, None, None, 1e-5, "identity")
+    exp_out, exp_mean, exp_rstd = ref_group_norm(x, 2)
+    torch.testing.assert_close(rstd.double(), exp_rstd, atol=0, rtol=1e-4)
+    torch.testing.assert_close(mean.double(), exp_mean, atol=0, rtol=1e-6)
+    torch.testing.assert_close(out.double(), exp_out, atol=2e-4, rtol=1e-4)
+
+
+def test_activation_identity_is_the_default():
+    x = make_input((2, 6, 5, 3), seed=91)
+    w, b = make_affine(6, seed=92)
+    expected = groupnorm_ext.group_norm(x, 3, w, b)
+    eq = dict(atol=0, rtol=0)
+    torch.testing.assert_close(groupnorm_ext.group_norm(x, 3, w, b, 1e-5, None), expected, **eq)
+    torch.testing.assert_close(groupnorm_ext.group_norm(x, 3, w, b, 1e-5, "identity"), expected, **eq)
+    torch.testing.assert_close(groupnorm_ext.group_norm(x, 3, weight=w, bias=b, eps=1e-5, activation="identity"),
+                               expected, **eq)
+    torch.testing.assert_close(ops.group_norm(x, 3, w, b), expected, **eq)
+    torch.testing.assert_close(ops.group_norm(x, 3, w, b, 1e-5, "identity"), expected, **eq)
+    torch.testing.assert_close(ops.group_norm.default(x, 3, w, b, 1e-5, "identity"), expected, **eq)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_input_is_not_modified_and_output_is_fresh(layout):
+    x = make_input((2, 6, 5, 3), layout=layout, seed=101)
+    w, b = make_affine(6, seed=102)
+    before = (x.clone(), w.clone(), b.clone())
+    out = groupnorm_ext.group_norm(x, 3, w, b)
+    for t, t0 in zip((x, w, b), before):
+        torch.testing.assert_close(t, t0, atol=0, rtol=0, equal_nan=True)
+    assert out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_samples_are_normalized_independently(layout):
+    x = make_input((5, 8, 3, 7), layout=layout, seed=111)
+    w, b = make_affine(8, seed=112)
+    out = groupnorm_ext.group_norm(x, 4, w, b)
+    for i in range(x.shape[0]):
+        torch.testing.assert_close(out[i:i + 1], groupnorm_ext.group_norm(x[i:i + 1], 4, w, b), atol=1e-6, rtol=1e-6)
+
+
+def test_larger_batch_and_groups():
+    # more (n, group) slabs than a handful, non-power-of-two group size (3 channels x 35 pixels)
+    x = make_input((16, 48, 5, 7), torch.float32, "channels_last", seed=121)
+    w, b = make_affine(48, seed=122)
+    out = groupnorm_ext.group_norm(x, 16, w, b)
+    torch.testing.assert_close(out.double(), ref_group_norm(x, 16, w, b)[0], **tol(torch.float32))
+    assert_memory_format_preserved(out, x)

@@ -1,0 +1,138 @@
+"""groupnorm_ext.GroupNorm is a drop-in for torch.nn.GroupNorm: same constructor, attributes, parameters,
+initial values, state_dict, repr and output."""
+import pytest
+import torch
+
+import groupnorm_ext
+from reference import make_input, tol
+
+
+def test_attributes_and_init_values():
+    m = groupnorm_ext.GroupNorm(4, 8)
+    assert isinstance(m, torch.nn.Module)
+    assert (m.num_groups, m.num_channels, m.eps, m.affine) == (4, 8, 1e-5, True)
+    assert m.activation is None
+    assert isinstance(m.weight, torch.nn.Parameter) and isinstance(m.bias, torch.nn.Parameter)
+    assert m.weight.shape == (8,) and m.bias.shape == (8,)
+    assert m.weight.dtype == torch.float32 and m.weight.requires_grad and m.bias.requires_grad
+    torch.testing.assert_close(m.weight.detach(), torch.ones(8), atol=0, rtol=0)
+    torch.testing.assert_close(m.bias.detach(), torch.zeros(8), atol=0, rtol=0)
+    assert [n for n, _ in m.named_parameters()] == ["weight", "bias"]
+
+
+def test_constructor_keywords_match_torch():
+    m = groupnorm_ext.GroupNorm(num_groups=2, num_channels=6, eps=1e-3, affine=True)
+    assert (m.num_groups, m.num_channels, m.eps, m.affine) == (2, 6, 1e-3, True)
+    m = groupnorm_ext.GroupNorm(2, 6, 1e-3, False)  # positional order of nn.GroupNorm
+    assert (m.eps, m.affine) == (1e-3, False)
+
+
+def test_affine_false_has_no_parameters():
+    m = groupnorm_ext.GroupNorm(2, 6, affine=False)
+    assert m.weight is None and m.bias is None
+    assert list(m.parameters()) == []
+    assert m.state_dict().keys() == torch.nn.GroupNorm(2, 6, affine=False).state_dict().keys()
+    x = make_input((3, 6, 4, 5), seed=1)
+    torch.testing.assert_close(m(x), torch.nn.GroupNorm(2, 6, affine=False)(x), **tol(torch.float32))
+
+
+def test_extra_repr_names_the_hyperparameters():
+    m = groupnorm_ext.GroupNorm(4, 8, eps=1e-3)
+    r = m.extra_repr()
+    for part in ("4", "8", "eps=0.001", "affine=True"):
+        assert part in r, f"{part!r} missing from extra_repr {r!r}"
+    assert "affine=False" in groupnorm_ext.GroupNorm(4, 8, affine=False).extra_repr()
+    assert repr(m).startswith("GroupNorm(")
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_state_dict_round_trip_with_nn_groupnorm(affine):
+    torch.manual_seed(0)
+    ref = torch.nn.GroupNorm(3, 6, affine=affine)
+    if affine:
+        with torch.no_grad():
+            ref.weight.uniform_(0.5, 1.5)
+            ref.bias.uniform_(-1, 1)
+    m = groupnorm_ext.GroupNorm(3, 6, affine=affine)
+    m.load_state_dict(ref.state_dict())  # strict
+    assert m.state_dict().keys() == ref.state_dict().keys()
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(m.state_dict()[k], v, atol=0, rtol=0)
+
+    back = torch.nn.GroupNorm(3, 6, affine=affine)
+    back.load_state_dict(m.state_dict())
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[k], v, atol=0, rtol=0)
+
+    x = make_input((2, 6, 5, 3), seed=2)
+    torch.testing.assert_close(m(x), ref(x), **tol(torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,layout", [((2, 8), "contiguous"), ((2, 8, 9), "contiguous"),
+                                          ((2, 8, 5, 3), "channels_last"), ((1, 8, 2, 3, 4), "channels_last_3d")],
+                         ids=["rank2", "rank3", "rank4-channels_last", "rank5-channels_last_3d"])
+def test_same_output_and_grads_as_nn_groupnorm(shape, layout, dtype):
+    torch.manual_seed(0)
+    ref = torch.nn.GroupNorm(4, 8, eps=1e-4, dtype=dtype)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.uniform_(-1, 1)
+    m = groupnorm_ext.GroupNorm(4, 8, eps=1e-4, dtype=dtype)
+    m.load_state_dict(ref.state_dict())
+    x = make_input(shape, dtype, layout, seed=3)
+    out, expected = m(x), ref(x.contiguous())
+    torch.testing.assert_close(out, expected, **tol(dtype))
+    if layout != "contiguous":
+        assert out.is_contiguous(memory_format=getattr(torch, layout))
+    gy = torch.randn(shape, dtype=dtype)
+    out.backward(gy)
+    expected.backward(gy)
+    torch.testing.assert_close(m.weight.grad, ref.weight.grad, **tol(dtype, grad=True))
+    torch.testing.assert_close(m.bias.grad, ref.bias.grad, **tol(dtype, grad=True))
+
+
+def test_eps_is_used():
+    x = make_input((2, 4, 3, 3), scale=0.1, offset=0.0, seed=4)
+    for eps in (1e-5, 0.1):
+        torch.testing.assert_close(groupnorm_ext.GroupNorm(2, 4, eps=eps)(x), torch.nn.GroupNorm(2, 4, eps=eps)(x),
+                                   **tol(torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_dtype_kwarg(dtype):
+    m = groupnorm_ext.GroupNorm(2, 4, dtype=dtype)
+    assert m.weight.dtype == dtype and m.bias.dtype == dtype
+    x = make_input((2, 4, 3), dtype, seed=5)
+    assert m(x).dtype == dtype
+
+
+def test_device_kwarg():
+    m = groupnorm_ext.GroupNorm(2, 4, device="cpu")
+    assert m.weight.device.type == "cpu"
+    m = groupnorm_ext.GroupNorm(2, 4, device=torch.device("meta"))
+    assert m.weight.is_meta and m.bias.is_meta and m.weight.shape == (4,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_kwarg_cuda_and_to():
+    m = groupnorm_ext.GroupNorm(2, 4, device="cuda")
+    assert m.weight.is_cuda
+    m = groupnorm_ext.GroupNorm(2, 4).to("cuda")
+    x = make_input((2, 4, 3), device="cuda", seed=6)
+    assert m(x).is_cuda
+
+
+def test_module_conversion_methods():
+    m = groupnorm_ext.GroupNorm(2, 4).double()
+    assert m.weight.dtype == torch.float64
+    x = make_input((2, 4, 3), torch.float64, seed=7)
+    torch.testing.assert_close(m(x), torch.nn.GroupNorm(2, 4).double()(x), **tol(torch.float64))
+
+
+@pytest.mark.parametrize("G,C", [(3, 8), (4, 6), (5, 4)])
+def test_channels_not_divisible_by_groups_raises_value_error(G, C):
+    with pytest.raises(ValueError):
+        groupnorm_ext.GroupNorm(G, C)
+    with pytest.raises(ValueError):  # the same contract as torch
+        torch.nn.GroupNorm(G, C)
