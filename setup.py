@@ -117,7 +117,19 @@ def build_extension():
     print(f"groupnorm_ext: building {'CUDA + CPU' if with_cuda else 'CPU-only'} extension"
           + (f" (CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})"
              if with_cuda else ""))
-    return ext, cpp_extension.BuildExtension.with_options(use_ninja=True)
+    class BuildExt(cpp_extension.BuildExtension):
+        """Keeps object files in a persistent folder, per torch build: editable installs
+        otherwise compile in a fresh temporary folder each time, so ninja could never skip
+        an unchanged translation unit."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            import torch
+
+            flavour = f"torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}".replace("+", "_")
+            self.build_temp = os.path.join(ROOT, "build", f"temp-{flavour}")
+
+    return ext, BuildExt.with_options(use_ninja=True)
 
 
 ext, build_ext = build_extension()

@@ -141,6 +141,37 @@ GN_HOST_DEVICE ChunkPlan make_chunk_plan(const GroupNormShape& shape) {
                                                                    : shape.C);
 }
 
+// Elements in chunk k of one (n, group) slab, and the memory offset of its e-th element
+// (e in [0, chunk_elems)). Element order inside a chunk follows memory: spatial-major
+// within a channel for NCS, channel-major within a position for NSC.
+GN_HOST_DEVICE int64_t chunk_elems(const GroupNormShape& sh, const ChunkPlan& plan, int64_t k) {
+  return sh.channels_per_group() * (plan.end(k, sh.S) - plan.begin(k));
+}
+
+GN_HOST_DEVICE int64_t chunk_element_offset(const GroupNormShape& sh, const ChunkPlan& plan,
+                                            int64_t n, int64_t g, int64_t k, int64_t e) {
+  const int64_t D = sh.channels_per_group();
+  const int64_t s0 = plan.begin(k);
+  if (sh.order == MemoryOrder::NCS) {
+    const int64_t len = plan.end(k, sh.S) - s0;
+    return sh.offset(n, g * D + e / len, s0 + e % len);
+  }
+  return sh.offset(n, g * D + e % D, s0 + e / D);
+}
+
+// (n, c) of the element at memory offset i: what an elementwise pass needs to find its
+// statistics and affine parameters.
+GN_HOST_DEVICE void element_nc(const GroupNormShape& sh, int64_t i, int64_t* n, int64_t* c) {
+  if (sh.order == MemoryOrder::NCS) {
+    const int64_t row = i / sh.S;
+    *n = row / sh.C;
+    *c = row % sh.C;
+  } else {
+    *n = i / (sh.S * sh.C);
+    *c = i % sh.C;
+  }
+}
+
 // ---------------------------------------------------------------------------------
 // Vector split of a contiguous run [begin, end) for loads of `vec` elements: the
 // scalar head up to the first address aligned to vec elements, the aligned body, and

@@ -1,0 +1,51 @@
+# make test   set-up (virtualenv, pinned requirements, build) + the whole test suite
+# make bench  set-up + the benchmark table (bench/results/)
+# Both are idempotent: a second run only rebuilds what changed.
+#
+# Variables: PYTHON (interpreter for the venv), VENV (its folder), REQUIREMENTS (pinned
+# list; requirements-cpu.txt gives the CPU-only torch), MAX_JOBS (parallel compile jobs),
+# BENCH_ARGS (extra arguments for bench/bench.py, e.g. --quick).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+REQUIREMENTS ?= requirements.txt
+BENCH_ARGS ?=
+export MAX_JOBS ?= 2
+
+PY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.requirements-installed
+BUILD_STAMP := $(VENV)/.groupnorm_ext-built
+SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: all test bench build deps clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEPS_STAMP): $(REQUIREMENTS) | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -r $(REQUIREMENTS)
+	touch $@
+
+deps: $(DEPS_STAMP)
+
+# The extension module sits in the source tree (editable install). Rebuild when it is
+# missing, when a source is newer than the last build, or when the requirements changed.
+build: $(DEPS_STAMP)
+	@if [ ! -f $(BUILD_STAMP) ] || ! ls groupnorm_ext/_C*.so >/dev/null 2>&1 \
+	    || [ -n "$$(find $(SOURCES) $(DEPS_STAMP) -newer $(BUILD_STAMP) 2>/dev/null)" ]; then \
+	  echo "building groupnorm_ext (MAX_JOBS=$(MAX_JOBS))"; \
+	  $(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e . \
+	    && touch $(BUILD_STAMP); \
+	else echo "groupnorm_ext is up to date"; fi
+
+test: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build groupnorm_ext/_C*.so *.egg-info $(BUILD_STAMP)
