@@ -46,12 +46,15 @@ TORCH_LIBRARY_IMPL(groupnorm_ext, CUDA, m) {
 }
 #endif
 
+void bind_plan(pybind11::module& m);  // plan_bindings.cpp
+
 }  // namespace groupnorm_ext
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "groupnorm_ext: fused GroupNorm ops (registered as torch.ops.groupnorm_ext.*)";
   m.def("cpu_capability", &groupnorm_ext::cpu::loops_isa,
         "Which vectorized clone of the CPU loops runs on this CPU.");
+  groupnorm_ext::bind_plan(m);
   m.def("built_with_cuda", [] {
 #ifdef GROUPNORM_EXT_WITH_CUDA
     return true;

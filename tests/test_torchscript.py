@@ -8,6 +8,9 @@ import torch
 import groupnorm_ext
 from reference import make_input, tol
 
+# TorchScript is deprecated upstream but still a supported entry point of this extension
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
+
 
 class UsesModule(torch.nn.Module):
     def __init__(self):

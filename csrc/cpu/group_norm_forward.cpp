@@ -1,6 +1,6 @@
 // CPU forward: statistics by the shared plan (per-chunk partial moments, combined in a
 // fixed tree per (n, group)), then one apply pass with the affine folded into a
-// per-(n, c) scale and shift. NCS and NSC inputs are read in place, never converted.
+// per-(n, c) scale. NCS and NSC inputs are read in place, never converted.
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -105,18 +105,18 @@ void forward_impl(const ForwardProblem& p, double eps, Tensor& out, Tensor& mean
     }
   });
 
-  // 2. y = x * scale[n, c] + shift[n, c], with scale = rstd * w, shift = b - mean * scale
+  // 2. y = (x - mean[n, g]) * scale[n, c] + bias[c], with scale = rstd * w, per (n, c)
   Tensor w = p.weight.defined() ? p.weight.to(mean_out.scalar_type()) : Tensor();
   Tensor b = p.bias.defined() ? p.bias.to(mean_out.scalar_type()) : Tensor();
   const acc_t* w_ptr = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
   const acc_t* b_ptr = b.defined() ? b.const_data_ptr<acc_t>() : nullptr;
-  std::vector<acc_t> scale(N * C), shift(N * C);
+  std::vector<acc_t> mean_c(N * C), scale(N * C), bias_c(N * C);
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t c = 0; c < C; ++c) {
       const int64_t ng = n * G + c / D;
-      const acc_t sc = rstd[ng] * (w_ptr ? w_ptr[c] : acc_t(1));
-      scale[n * C + c] = sc;
-      shift[n * C + c] = (b_ptr ? b_ptr[c] : acc_t(0)) - mean[ng] * sc;
+      mean_c[n * C + c] = mean[ng];
+      scale[n * C + c] = rstd[ng] * (w_ptr ? w_ptr[c] : acc_t(1));
+      bias_c[n * C + c] = b_ptr ? b_ptr[c] : acc_t(0);
     }
   }
   if (sh.order == MemoryOrder::NCS) {
@@ -124,7 +124,7 @@ void forward_impl(const ForwardProblem& p, double eps, Tensor& out, Tensor& mean
       for (int64_t i = begin; i < end;) {
         const int64_t row = i / S, s = i % S;
         const int64_t len = std::min(S - s, end - i);
-        cpu::loop_scale_shift(x + i, y + i, len, scale[row], shift[row]);
+        cpu::loop_normalize(x + i, y + i, len, mean_c[row], scale[row], bias_c[row]);
         i += len;
       }
     });
@@ -132,8 +132,8 @@ void forward_impl(const ForwardProblem& p, double eps, Tensor& out, Tensor& mean
     const int64_t grain_rows = std::max<int64_t>(1, kApplyGrainElems / C);
     at::parallel_for(0, N * S, grain_rows, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        const int64_t n = r / S;
-        cpu::loop_scale_shift_row(x + r * C, y + r * C, C, scale.data() + n * C, shift.data() + n * C);
+        const int64_t o = (r / S) * C;
+        cpu::loop_normalize_row(x + r * C, y + r * C, C, mean_c.data() + o, scale.data() + o, bias_c.data() + o);
       }
     });
   }

@@ -67,15 +67,17 @@ GN_INLINE acc_t sum_sq_dev_impl(const T* x, int64_t n, acc_t mean) {
   return reduce_lanes(lanes);
 }
 
+// Centre first, then scale: (x - mean) keeps full precision when |mean| >> std, which a
+// folded x * scale + (bias - mean * scale) loses to cancellation.
 template <typename T, typename acc_t = opmath_t<T>>
-GN_INLINE void scale_shift_impl(const T* x, T* y, int64_t n, acc_t scale, acc_t shift) {
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(load<acc_t>(x + i) * scale + shift);
+GN_INLINE void normalize_impl(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>((load<acc_t>(x + i) - mean) * scale + bias);
 }
 
 template <typename T, typename acc_t = opmath_t<T>>
-GN_INLINE void scale_shift_row_impl(const T* x, T* y, int64_t n, const acc_t* scale,
-                                    const acc_t* shift) {
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>(load<acc_t>(x + i) * scale[i] + shift[i]);
+GN_INLINE void normalize_row_impl(const T* x, T* y, int64_t n, const acc_t* mean, const acc_t* scale,
+                                  const acc_t* bias) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>((load<acc_t>(x + i) - mean[i]) * scale[i] + bias[i]);
 }
 
 template <typename T, typename acc_t = opmath_t<T>>
@@ -148,13 +150,13 @@ GN_INLINE void grad_input_row_impl(const T* dy, const T* x, T* dx, int64_t n, co
   GN_CLONES opmath_t<T> loop_sum_sq_dev(const T* x, int64_t n, opmath_t<T> mean) {             \
     return sum_sq_dev_impl(x, n, mean);                                                        \
   }                                                                                            \
-  GN_CLONES void loop_scale_shift(const T* x, T* y, int64_t n, opmath_t<T> scale,              \
-                                  opmath_t<T> shift) {                                         \
-    scale_shift_impl(x, y, n, scale, shift);                                                   \
+  GN_CLONES void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean,                 \
+                                opmath_t<T> scale, opmath_t<T> bias) {                         \
+    normalize_impl(x, y, n, mean, scale, bias);                                                \
   }                                                                                            \
-  GN_CLONES void loop_scale_shift_row(const T* x, T* y, int64_t n, const opmath_t<T>* scale,   \
-                                      const opmath_t<T>* shift) {                              \
-    scale_shift_row_impl(x, y, n, scale, shift);                                               \
+  GN_CLONES void loop_normalize_row(const T* x, T* y, int64_t n, const opmath_t<T>* mean,      \
+                                    const opmath_t<T>* scale, const opmath_t<T>* bias) {       \
+    normalize_row_impl(x, y, n, mean, scale, bias);                                            \
   }                                                                                            \
   GN_CLONES void loop_accumulate_row(const T* x, opmath_t<T>* acc, int64_t n) {                \
     accumulate_row_impl(x, acc, n);                                                            \

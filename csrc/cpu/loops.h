@@ -24,11 +24,12 @@ using opmath_t = typename Opmath<T>::type;
   opmath_t<T> loop_sum(const T* x, int64_t n);                                               \
   /* sum of (x - mean)^2 over x[0..n) */                                                     \
   opmath_t<T> loop_sum_sq_dev(const T* x, int64_t n, opmath_t<T> mean);                      \
-  /* y = x * scale + shift, one scale/shift for the run (NCS apply) */                       \
-  void loop_scale_shift(const T* x, T* y, int64_t n, opmath_t<T> scale, opmath_t<T> shift); \
-  /* y[i] = x[i] * scale[i] + shift[i] (NSC apply: one row of channels) */                   \
-  void loop_scale_shift_row(const T* x, T* y, int64_t n, const opmath_t<T>* scale,           \
-                            const opmath_t<T>* shift);                                       \
+  /* y = (x - mean) * scale + bias, one coefficient set for the run (NCS apply) */          \
+  void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean, opmath_t<T> scale,      \
+                      opmath_t<T> bias);                                                     \
+  /* y[i] = (x[i] - mean[i]) * scale[i] + bias[i] (NSC apply: one row of channels) */        \
+  void loop_normalize_row(const T* x, T* y, int64_t n, const opmath_t<T>* mean,              \
+                          const opmath_t<T>* scale, const opmath_t<T>* bias);                \
   /* acc[i] += x[i] */                                                                       \
   void loop_accumulate_row(const T* x, opmath_t<T>* acc, int64_t n);                         \
   /* acc[i] += (x[i] - mean[i])^2 */                                                         \

@@ -67,8 +67,7 @@ __global__ void apply_kernel(const T* __restrict__ x, T* __restrict__ y, GroupNo
     element_nc(sh, i, &n, &c);
     const int64_t ng = n * sh.groups + c / D;
     const acc_t scale = rstd[ng] * (weight ? weight[c] : acc_t(1));
-    const acc_t shift = (bias ? bias[c] : acc_t(0)) - mean[ng] * scale;
-    y[i] = static_cast<T>(static_cast<acc_t>(x[i]) * scale + shift);
+    y[i] = static_cast<T>((static_cast<acc_t>(x[i]) - mean[ng]) * scale + (bias ? bias[c] : acc_t(0)));
   }
 }
 

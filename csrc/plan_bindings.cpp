@@ -1,0 +1,83 @@
+// Python bindings of the plan (plan.h) for the tests: the chunking, the chunk element
+// offsets and the moment combine are exactly the functions the CPU and CUDA executors
+// call, exercised here on the CPU (the CUDA executor runs nowhere on a GPU-less machine).
+#include <ATen/ATen.h>
+#include <torch/extension.h>
+
+#include "plan.h"
+
+namespace groupnorm_ext {
+namespace {
+
+GroupNormShape make_shape(int64_t N, int64_t C, int64_t S, int64_t G, bool channels_last) {
+  TORCH_CHECK(N >= 0 && C > 0 && S >= 0 && G > 0 && C % G == 0, "invalid plan shape");
+  return GroupNormShape{N, C, S, G, channels_last ? MemoryOrder::NSC : MemoryOrder::NCS};
+}
+
+// (chunk_spatial, num_chunks) of make_chunk_plan.
+std::pair<int64_t, int64_t> chunk_plan(int64_t S, int64_t elems_per_position, int64_t max_chunks) {
+  const ChunkPlan p = make_chunk_plan(S, elems_per_position, max_chunks > 0 ? max_chunks : INT64_MAX);
+  return {p.chunk_spatial, p.num_chunks};
+}
+
+// Memory offsets of every element, in plan order: (n, g, chunk, element).
+at::Tensor chunk_offsets(int64_t N, int64_t C, int64_t S, int64_t G, bool channels_last) {
+  const GroupNormShape sh = make_shape(N, C, S, G, channels_last);
+  const ChunkPlan plan = make_chunk_plan(sh);
+  at::Tensor out = at::empty({sh.numel()}, at::kLong);
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t k = 0; k < plan.num_chunks; ++k)
+        for (int64_t e = 0; e < chunk_elems(sh, plan, k); ++e) *o++ = chunk_element_offset(sh, plan, n, g, k, e);
+  return out;
+}
+
+// (n, c) of every memory offset, as an (numel, 2) tensor.
+at::Tensor element_channels(int64_t N, int64_t C, int64_t S, int64_t G, bool channels_last) {
+  const GroupNormShape sh = make_shape(N, C, S, G, channels_last);
+  at::Tensor out = at::empty({sh.numel(), 2}, at::kLong);
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t i = 0; i < sh.numel(); ++i) element_nc(sh, i, o + 2 * i, o + 2 * i + 1);
+  return out;
+}
+
+// Moments of each row of `chunks` (K, L), then their fixed-tree combine: (count, mean, m2).
+template <typename acc_t>
+std::tuple<double, double, double> combine_rows(const at::Tensor& chunks) {
+  const at::Tensor c = chunks.contiguous();
+  const int64_t K = c.size(0), L = c.size(1);
+  std::vector<Moments<acc_t>> parts(K);
+  const acc_t* p = c.data_ptr<acc_t>();
+  for (int64_t k = 0; k < K; ++k) {
+    Moments<acc_t> m = empty_moments<acc_t>();
+    for (int64_t i = 0; i < L; ++i) m = combine_moments(m, Moments<acc_t>{1, p[k * L + i], 0});
+    parts[k] = m;
+  }
+  const Moments<acc_t> m = combine_moments_tree(parts.data(), K);
+  return {m.count, m.mean, m.m2};
+}
+
+std::tuple<double, double, double> combine_chunks(const at::Tensor& chunks) {
+  TORCH_CHECK(chunks.dim() == 2, "expected a (K, L) tensor");
+  if (chunks.scalar_type() == at::kDouble) return combine_rows<double>(chunks);
+  return combine_rows<float>(chunks.to(at::kFloat));
+}
+
+// Head / body / tail split of [begin, end) for vectors of `vec` elements.
+std::pair<int64_t, int64_t> vector_split(int64_t begin, int64_t end, int64_t misalign, int64_t vec) {
+  const VectorSplit s = split_for_vectors(begin, end, misalign, vec);
+  return {s.head_end, s.body_end};
+}
+
+}  // namespace
+
+void bind_plan(pybind11::module& m) {
+  m.def("_plan_chunk_plan", &chunk_plan);
+  m.def("_plan_chunk_offsets", &chunk_offsets);
+  m.def("_plan_element_channels", &element_channels);
+  m.def("_plan_combine_chunks", &combine_chunks);
+  m.def("_plan_vector_split", &vector_split);
+}
+
+}  // namespace groupnorm_ext

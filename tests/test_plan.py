@@ -1,0 +1,88 @@
+"""The shared plan (csrc/plan.h), exercised through the same functions the CPU and CUDA
+executors call: chunking, chunk element offsets, (n, c) of an offset, the fixed-order
+Chan combine, and the vector head/body/tail split."""
+import itertools
+
+import pytest
+import torch
+
+import groupnorm_ext
+
+_C = groupnorm_ext._C
+
+SHAPES = [  # N, C, S, G
+    (1, 1, 1, 1), (2, 6, 7, 3), (1, 4, 20000, 2), (3, 64, 9, 32), (2, 12000, 3, 4),
+    (1, 8, 8193, 8), (2, 5, 0, 5),
+]
+
+
+@pytest.mark.parametrize("N,C,S,G", SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_chunks_cover_every_element_once(N, C, S, G, channels_last):
+    offsets = _C._plan_chunk_offsets(N, C, S, G, channels_last)
+    assert offsets.numel() == N * C * S
+    assert torch.equal(offsets.sort().values, torch.arange(N * C * S))
+
+
+@pytest.mark.parametrize("N,C,S,G", SHAPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_chunk_elements_belong_to_their_group(N, C, S, G, channels_last):
+    offsets = _C._plan_chunk_offsets(N, C, S, G, channels_last)
+    nc = _C._plan_element_channels(N, C, S, G, channels_last)
+    # Reference (n, c) of each memory offset from a real tensor in that layout.
+    if channels_last:
+        index = torch.arange(N * S * C).reshape(N, S, C).permute(0, 2, 1)
+    else:
+        index = torch.arange(N * C * S).reshape(N, C, S)
+    n_ref = torch.empty(N * C * S, dtype=torch.long)
+    c_ref = torch.empty(N * C * S, dtype=torch.long)
+    for n, c in itertools.product(range(N), range(C)):
+        n_ref[index[n, c].reshape(-1)] = n
+        c_ref[index[n, c].reshape(-1)] = c
+    assert torch.equal(nc[:, 0], n_ref) and torch.equal(nc[:, 1], c_ref)
+    # In plan order, each (n, g) slab's offsets come together and hold exactly its elements.
+    slab = (nc[offsets, 0] * G + nc[offsets, 1] // (C // G))
+    assert torch.equal(slab, torch.arange(N * G).repeat_interleave((C // G) * S))
+
+
+@pytest.mark.parametrize("S,per", [(1, 1), (100, 1), (8192, 1), (8193, 1), (10**9, 3), (7, 100000), (5000, 64)])
+def test_chunk_plan_sizes(S, per):
+    chunk, num = _C._plan_chunk_plan(S, per, 0)
+    assert chunk >= 1 and num == -(-S // chunk)
+    assert chunk * per <= max(8192, per)  # a chunk stays cache-sized
+    assert (num - 1) * chunk < S <= num * chunk
+
+
+def test_chunk_plan_cap():
+    chunk, num = _C._plan_chunk_plan(10**6, 512, 64)
+    assert num <= 64 and chunk * num >= 10**6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("K,L", [(1, 1), (1, 1000), (7, 33), (64, 128), (1000, 3)])
+def test_combine_matches_fp64(dtype, K, L):
+    torch.manual_seed(K * 1000 + L)
+    data = torch.randn(K, L, dtype=torch.float64) * 3 + 1e4  # large offset: no cancellation allowed
+    count, mean, m2 = _C._plan_combine_chunks(data.to(dtype))
+    ref = data.to(dtype).double()
+    assert count == K * L
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert mean == pytest.approx(ref.mean().item(), rel=tol)
+    assert m2 / (K * L) == pytest.approx(ref.var(unbiased=False).item(), rel=1e-10 if dtype == torch.float64 else 1e-3)
+
+
+def test_combine_is_order_fixed():
+    torch.manual_seed(0)
+    data = torch.randn(37, 55)
+    assert _C._plan_combine_chunks(data) == _C._plan_combine_chunks(data.clone())
+
+
+@pytest.mark.parametrize("begin,end,misalign,vec", [(0, 100, 0, 4), (3, 100, 0, 4), (0, 100, 1, 8),
+                                                     (5, 7, 2, 8), (0, 3, 0, 4), (10, 10, 3, 4)])
+def test_vector_split(begin, end, misalign, vec):
+    head_end, body_end = _C._plan_vector_split(begin, end, misalign, vec)
+    assert begin <= head_end <= body_end <= end
+    assert (body_end - head_end) % vec == 0
+    if body_end > head_end:
+        assert (misalign + head_end) % vec == 0  # the body starts aligned
+    assert head_end - begin < vec and end - body_end < vec or head_end == end
