@@ -1,12 +1,16 @@
-// CPU backward. With xhat = (x - mean) * rstd and dxhat = dy * w:
+// CPU backward. With xhat = (x - mean) * rstd and dxhat = dy * w, over a group of M
+// elements:
 //   grad_bias[c]   = sum_{n,s} dy
 //   grad_weight[c] = sum_{n,s} dy * xhat
 //   grad_input     = rstd * (dxhat - (A + xhat * B) / M),  A = sum_group dxhat,
 //                                                         B = sum_group dxhat * xhat
-// Every reduction is a per-(n, c) pair of sums, sum(dy) and sum(dy * (x - mean)),
-// taken by chunks and combined in a fixed order (deterministic), centred on the saved
-// mean so that a large offset in x cancels nothing. grad_input then needs one
-// elementwise pass: dx = a * dy + kx * (x - mean) + kc with per-(n, c) coefficients.
+// Every reduction is a per-(n, c) pair of sums, sum(dy) and sum(dy * (x - mean)), taken
+// by chunks in double and combined in chunk order (deterministic), centred on the saved
+// mean so that a large offset in x cancels nothing. grad_input is then one elementwise
+// pass dx = a * dy + xhat * kxhat + kc with per-(n, c) coefficients.
+//
+// Schedules as in the forward: fused (per slab: sums, then dx while the slab is in
+// cache) or split (all chunks in parallel, then an elementwise pass); same bits.
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -16,149 +20,208 @@
 
 #include "../group_norm.h"
 #include "loops.h"
+#include "schedule.h"
 
 namespace groupnorm_ext {
 namespace {
 
 using cpu::opmath_t;
+using cpu::reduce_t;
 
 constexpr int64_t kApplyGrainElems = 32768;
 // Channels-last partials hold a row of C sums per chunk: cap the chunk count per sample
 // so that their memory stays far below the tensor's.
 constexpr int64_t kMaxRowChunks = 64;
 
-// sum_dy[n * C + c] and sum_dy_xc[n * C + c] for every (n, c).
-template <typename T, typename acc_t = opmath_t<T>>
-void channel_grad_sums(const T* dy, const T* x, const acc_t* mean, const GroupNormShape& sh,
-                       acc_t* sum_dy, acc_t* sum_dy_xc) {
-  const int64_t N = sh.N, C = sh.C, G = sh.groups, D = sh.channels_per_group();
-  if (sh.order == MemoryOrder::NCS) {
-    const ChunkPlan plan = make_chunk_plan(sh.S, 1);
-    const int64_t K = plan.num_chunks;
-    std::vector<acc_t> part_dy(N * C * K), part_dy_xc(N * C * K);
-    at::parallel_for(0, N * C * K, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t nc = task / K, k = task % K;
-        const int64_t n = nc / C, c = nc % C;
-        const int64_t s0 = plan.begin(k), len = plan.end(k, sh.S) - s0;
-        const int64_t off = sh.offset(n, c, s0);
-        cpu::loop_grad_sums(dy + off, x + off, len, mean[n * G + c / D], &part_dy[task], &part_dy_xc[task]);
-      }
-    });
-    for (int64_t nc = 0; nc < N * C; ++nc) {
-      acc_t a = 0, b = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        a += part_dy[nc * K + k];
-        b += part_dy_xc[nc * K + k];
-      }
-      sum_dy[nc] = a;
-      sum_dy_xc[nc] = b;
-    }
-    return;
-  }
-  const ChunkPlan plan = make_chunk_plan(sh.S, C, kMaxRowChunks);
-  const int64_t K = plan.num_chunks;
-  std::vector<acc_t> part_dy(N * K * C, acc_t(0)), part_dy_xc(N * K * C, acc_t(0));
-  at::parallel_for(0, N * K, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> channel_mean(C);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / K, k = task % K;
-      for (int64_t c = 0; c < C; ++c) channel_mean[c] = mean[n * G + c / D];
-      for (int64_t s = plan.begin(k); s < plan.end(k, sh.S); ++s) {
-        const int64_t off = sh.offset(n, 0, s);
-        cpu::loop_grad_sums_row(dy + off, x + off, C, channel_mean.data(), &part_dy[task * C],
-                                &part_dy_xc[task * C]);
-      }
-    }
-  });
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t c = 0; c < C; ++c) {
-      acc_t a = 0, b = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        a += part_dy[(n * K + k) * C + c];
-        b += part_dy_xc[(n * K + k) * C + c];
-      }
-      sum_dy[n * C + c] = a;
-      sum_dy_xc[n * C + c] = b;
-    }
-  }
-}
-
 template <typename T>
-void backward_impl(const BackwardProblem& bp, std::array<bool, 3> mask, Tensor& grad_input,
-                   Tensor& grad_weight, Tensor& grad_bias) {
+struct Backward {
   using acc_t = opmath_t<T>;
-  const ForwardProblem& p = bp.fwd;
-  const GroupNormShape& sh = p.shape;
-  const int64_t N = sh.N, C = sh.C, G = sh.groups, S = sh.S, D = sh.channels_per_group();
-  const T* x = p.input.const_data_ptr<T>();
-  const T* dy = bp.grad_out.const_data_ptr<T>();
-  const acc_t* mean = bp.mean.const_data_ptr<acc_t>();
-  const acc_t* rstd = bp.rstd.const_data_ptr<acc_t>();
-  Tensor w = p.weight.defined() ? p.weight.to(bp.mean.scalar_type()) : Tensor();
-  const acc_t* w_ptr = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
+  const GroupNormShape& sh;
+  const T* x;
+  const T* dy;
+  const acc_t* mean;  // (N, G)
+  const acc_t* rstd;
+  const acc_t* weight;  // null when absent
+  T* dx;                // null when grad_input is not wanted
+  reduce_t* sum_dy;     // (N, C)
+  reduce_t* sum_dy_xc;  // (N, C)
 
-  std::vector<acc_t> sum_dy(N * C), sum_dy_xc(N * C);
-  channel_grad_sums<T>(dy, x, mean, sh, sum_dy.data(), sum_dy_xc.data());
+  int64_t D() const { return sh.channels_per_group(); }
+  ChunkPlan plan() const {
+    return sh.order == MemoryOrder::NCS ? make_chunk_plan(sh.S, 1) : make_chunk_plan(sh.S, sh.C, kMaxRowChunks);
+  }
 
-  if (grad_weight.defined() || grad_bias.defined()) {
-    std::vector<acc_t> gw(C, acc_t(0)), gb(C, acc_t(0));
+  // NCS: sums of channel c of sample n over spatial chunk k.
+  void chunk_sums_ncs(const ChunkPlan& p, int64_t n, int64_t c, int64_t k, reduce_t* s_dy, reduce_t* s_dy_xc) const {
+    const int64_t s0 = p.begin(k), off = sh.offset(n, c, s0);
+    cpu::loop_grad_sums(dy + off, x + off, p.end(k, sh.S) - s0, mean[n * sh.groups + c / D()], s_dy, s_dy_xc);
+  }
+
+  // NSC: per-channel sums of sample n over rows of chunk k, into part_dy[0..C), part_dy_xc[0..C).
+  void chunk_sums_nsc(const ChunkPlan& p, int64_t n, int64_t k, const reduce_t* channel_mean, reduce_t* part_dy,
+                      reduce_t* part_dy_xc) const {
+    std::fill(part_dy, part_dy + sh.C, reduce_t(0));
+    std::fill(part_dy_xc, part_dy_xc + sh.C, reduce_t(0));
+    for (int64_t s = p.begin(k); s < p.end(k, sh.S); ++s) {
+      const int64_t off = sh.offset(n, 0, s);
+      cpu::loop_grad_sums_row(dy + off, x + off, sh.C, channel_mean, part_dy, part_dy_xc);
+    }
+  }
+
+  void channel_means(int64_t n, reduce_t* channel_mean) const {
+    for (int64_t c = 0; c < sh.C; ++c) channel_mean[c] = mean[n * sh.groups + c / D()];
+  }
+
+  // Coefficients of dx = a * dy + xhat * kxhat + kc for the channels of slab (n, g),
+  // written per channel into coeffs[0..5) rows of stride `ld`: a, mean, rstd, kxhat, kc.
+  void group_coefficients(int64_t n, int64_t g, acc_t* coeffs, int64_t ld, int64_t col0) const {
+    const int64_t ng = n * sh.groups + g;
+    reduce_t sum_dxhat = 0, sum_dxhat_xc = 0;
+    for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
+      const reduce_t w = weight ? weight[c] : acc_t(1);
+      sum_dxhat += w * sum_dy[n * sh.C + c];
+      sum_dxhat_xc += w * sum_dy_xc[n * sh.C + c];
+    }
+    const reduce_t r = rstd[ng];
+    const reduce_t inv_m = 1.0 / static_cast<reduce_t>(D() * sh.S);
+    // B = sum dxhat * xhat = r * sum_dxhat_xc;  kxhat = -r * B / M;  kc = -r * A / M
+    const acc_t kxhat = static_cast<acc_t>(-r * (r * sum_dxhat_xc) * inv_m);
+    const acc_t kc = static_cast<acc_t>(-r * sum_dxhat * inv_m);
+    for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
+      const int64_t j = col0 + c - g * D();
+      coeffs[j] = static_cast<acc_t>(r * (weight ? weight[c] : acc_t(1)));
+      coeffs[ld + j] = mean[ng];
+      coeffs[2 * ld + j] = rstd[ng];
+      coeffs[3 * ld + j] = kxhat;
+      coeffs[4 * ld + j] = kc;
+    }
+  }
+
+  // dx for elements [i0, i1) of an NCS tensor; coeffs hold one column per (n, c).
+  void grad_input_ncs(int64_t i0, int64_t i1, const acc_t* coeffs, int64_t ld, int64_t row0) const {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t row = i / sh.S, s = i % sh.S, len = std::min(sh.S - s, i1 - i);
+      const int64_t j = row - row0;
+      cpu::loop_grad_input(dy + i, x + i, dx + i, len, coeffs[j], coeffs[ld + j], coeffs[2 * ld + j],
+                           coeffs[3 * ld + j], coeffs[4 * ld + j]);
+      i += len;
+    }
+  }
+
+  void grad_input_nsc_row(int64_t n, int64_t s, const acc_t* coeffs, int64_t ld, int64_t col0) const {
+    const int64_t o = sh.offset(n, 0, s);
+    cpu::loop_grad_input_row(dy + o, x + o, dx + o, sh.C, coeffs + col0, coeffs + ld + col0, coeffs + 2 * ld + col0,
+                             coeffs + 3 * ld + col0, coeffs + 4 * ld + col0);
+  }
+
+  void run() const {
+    const int64_t N = sh.N, C = sh.C, G = sh.groups;
+    const bool ncs = sh.order == MemoryOrder::NCS;
+    const int64_t slab_bytes = 2 * (ncs ? D() : C) * sh.S * static_cast<int64_t>(sizeof(T));  // x and dy
+    if (dx && slab_bytes <= cpu::fuse_budget_bytes() && cpu::balances_threads(ncs ? N * G : N)) {
+      ncs ? run_fused_ncs() : run_fused_nsc();
+      return;
+    }
+    const ChunkPlan p = plan();
+    const int64_t K = p.num_chunks;
+    if (ncs) {
+      std::vector<reduce_t> part(2 * N * C * K);  // (n * C + c) * K + k, then the same for dy * xc
+      at::parallel_for(0, N * C * K, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) chunk_sums_ncs(p, t / K / C, t / K % C, t % K, &part[t], &part[N * C * K + t]);
+      });
+      for (int64_t nc = 0; nc < N * C; ++nc) {
+        reduce_t a = 0, b = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          a += part[nc * K + k];
+          b += part[N * C * K + nc * K + k];
+        }
+        sum_dy[nc] = a;
+        sum_dy_xc[nc] = b;
+      }
+    } else {
+      std::vector<reduce_t> part(2 * N * K * C);  // ((n * K + k) * C + c), then dy * xc
+      at::parallel_for(0, N * K, 1, [&](int64_t begin, int64_t end) {
+        std::vector<reduce_t> channel_mean(C);
+        for (int64_t t = begin; t < end; ++t) {
+          channel_means(t / K, channel_mean.data());
+          chunk_sums_nsc(p, t / K, t % K, channel_mean.data(), &part[t * C], &part[(N * K + t) * C]);
+        }
+      });
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t c = 0; c < C; ++c) {
+          reduce_t a = 0, b = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            a += part[(n * K + k) * C + c];
+            b += part[(N * K + n * K + k) * C + c];
+          }
+          sum_dy[n * C + c] = a;
+          sum_dy_xc[n * C + c] = b;
+        }
+      }
+    }
+    if (!dx) return;
+    std::vector<acc_t> coeffs(5 * N * C);
     for (int64_t n = 0; n < N; ++n) {
-      for (int64_t c = 0; c < C; ++c) {
-        gw[c] += sum_dy_xc[n * C + c] * rstd[n * G + c / D];
-        gb[c] += sum_dy[n * C + c];
-      }
+      for (int64_t g = 0; g < G; ++g) group_coefficients(n, g, coeffs.data(), N * C, n * C + g * D());
     }
-    const auto acc_opts = at::TensorOptions().dtype(bp.mean.scalar_type());
-    if (grad_weight.defined()) grad_weight.copy_(at::from_blob(gw.data(), {C}, acc_opts));
-    if (grad_bias.defined()) grad_bias.copy_(at::from_blob(gb.data(), {C}, acc_opts));
+    if (ncs) {
+      at::parallel_for(0, N * C * sh.S, kApplyGrainElems,
+                       [&](int64_t b, int64_t e) { grad_input_ncs(b, e, coeffs.data(), N * C, 0); });
+      return;
+    }
+    at::parallel_for(0, N * sh.S, std::max<int64_t>(1, kApplyGrainElems / C), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) grad_input_nsc_row(r / sh.S, r % sh.S, coeffs.data(), N * C, (r / sh.S) * C);
+    });
   }
-  if (!mask[0]) return;
 
-  // Per-(n, c) coefficients of dx = a * dy + kx * (x - mean) + kc.
-  const acc_t inv_m = acc_t(1) / static_cast<acc_t>(D * S);
-  std::vector<acc_t> a(N * C), kx(N * C), kc(N * C), mean_c(N * C);
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t ng = n * G + g;
-      acc_t sum_dxhat = 0, sum_dxhat_xc = 0;  // A, and B / rstd
-      for (int64_t c = g * D; c < (g + 1) * D; ++c) {
-        const acc_t wc = w_ptr ? w_ptr[c] : acc_t(1);
-        sum_dxhat += wc * sum_dy[n * C + c];
-        sum_dxhat_xc += wc * sum_dy_xc[n * C + c];
-      }
-      const acc_t r = rstd[ng];
-      const acc_t group_kx = -r * r * r * sum_dxhat_xc * inv_m;
-      const acc_t group_kc = -r * sum_dxhat * inv_m;
-      for (int64_t c = g * D; c < (g + 1) * D; ++c) {
-        a[n * C + c] = r * (w_ptr ? w_ptr[c] : acc_t(1));
-        kx[n * C + c] = group_kx;
-        kc[n * C + c] = group_kc;
-        mean_c[n * C + c] = mean[ng];
-      }
-    }
-  }
-  T* dx = grad_input.mutable_data_ptr<T>();
-  if (sh.order == MemoryOrder::NCS) {
-    at::parallel_for(0, N * C * S, kApplyGrainElems, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end;) {
-        const int64_t row = i / S, s = i % S;
-        const int64_t len = std::min(S - s, end - i);
-        cpu::loop_grad_input(dy + i, x + i, dx + i, len, a[row], kx[row], mean_c[row], kc[row]);
-        i += len;
-      }
-    });
-  } else {
-    const int64_t grain_rows = std::max<int64_t>(1, kApplyGrainElems / C);
-    at::parallel_for(0, N * S, grain_rows, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t o = (r / S) * C;
-        cpu::loop_grad_input_row(dy + r * C, x + r * C, dx + r * C, C, a.data() + o, kx.data() + o,
-                                 mean_c.data() + o, kc.data() + o);
+  void run_fused_ncs() const {
+    const ChunkPlan p = plan();
+    const int64_t K = p.num_chunks, G = sh.groups, C = sh.C;
+    at::parallel_for(0, sh.N * G, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> coeffs(5 * D());
+      for (int64_t ng = begin; ng < end; ++ng) {
+        const int64_t n = ng / G, g = ng % G;
+        for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
+          reduce_t a = 0, b = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            reduce_t pa, pb;
+            chunk_sums_ncs(p, n, c, k, &pa, &pb);
+            a += pa;
+            b += pb;
+          }
+          sum_dy[n * C + c] = a;
+          sum_dy_xc[n * C + c] = b;
+        }
+        group_coefficients(n, g, coeffs.data(), D(), 0);
+        const int64_t first = sh.offset(n, g * D(), 0);
+        grad_input_ncs(first, first + D() * sh.S, coeffs.data(), D(), n * C + g * D());
       }
     });
   }
-}
+
+  void run_fused_nsc() const {
+    const ChunkPlan p = plan();
+    const int64_t K = p.num_chunks, G = sh.groups, C = sh.C;
+    at::parallel_for(0, sh.N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<reduce_t> channel_mean(C), part(2 * C);
+      std::vector<acc_t> coeffs(5 * C);
+      for (int64_t n = begin; n < end; ++n) {
+        channel_means(n, channel_mean.data());
+        std::fill(sum_dy + n * C, sum_dy + (n + 1) * C, reduce_t(0));
+        std::fill(sum_dy_xc + n * C, sum_dy_xc + (n + 1) * C, reduce_t(0));
+        for (int64_t k = 0; k < K; ++k) {
+          chunk_sums_nsc(p, n, k, channel_mean.data(), part.data(), part.data() + C);
+          for (int64_t c = 0; c < C; ++c) {
+            sum_dy[n * C + c] += part[c];
+            sum_dy_xc[n * C + c] += part[C + c];
+          }
+        }
+        for (int64_t g = 0; g < G; ++g) group_coefficients(n, g, coeffs.data(), C, g * D());
+        for (int64_t s = 0; s < sh.S; ++s) grad_input_nsc_row(n, s, coeffs.data(), C, 0);
+      }
+    });
+  }
+};
 
 }  // namespace
 
@@ -172,8 +235,9 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
   TORCH_CHECK(bp.fwd.activation == Activation::Identity,
               "group_norm_backward (CPU): activation not implemented");
   const ForwardProblem& p = bp.fwd;
+  const GroupNormShape& sh = p.shape;
   Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) grad_input = empty_in_order(input, p.shape.order, input.scalar_type());
+  if (output_mask[0]) grad_input = empty_in_order(input, sh.order, input.scalar_type());
   if (output_mask[1] && p.weight.defined()) grad_weight = at::empty_like(p.weight);
   if (output_mask[2] && p.bias.defined()) grad_bias = at::empty_like(p.bias);
   if (!grad_input.defined() && !grad_weight.defined() && !grad_bias.defined()) {
@@ -184,8 +248,41 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
     if (grad_bias.defined()) grad_bias.zero_();
     return {grad_input, grad_weight, grad_bias};
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_backward_cpu",
-                                  [&] { backward_impl<scalar_t>(bp, output_mask, grad_input, grad_weight, grad_bias); });
+  const auto stats_t = bp.mean.scalar_type();
+  const Tensor w = p.weight.defined() ? p.weight.to(stats_t) : Tensor();
+  // Per-(n, c) sums, then grad_weight / grad_bias reduced over n in order (double).
+  Tensor sums = at::empty({2, sh.N, sh.C}, input.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_backward_cpu", [&] {
+    using acc_t = opmath_t<scalar_t>;
+    const Backward<scalar_t> bwd{sh,
+                                 p.input.const_data_ptr<scalar_t>(),
+                                 bp.grad_out.const_data_ptr<scalar_t>(),
+                                 bp.mean.const_data_ptr<acc_t>(),
+                                 bp.rstd.const_data_ptr<acc_t>(),
+                                 w.defined() ? w.const_data_ptr<acc_t>() : nullptr,
+                                 grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr,
+                                 sums[0].mutable_data_ptr<reduce_t>(),
+                                 sums[1].mutable_data_ptr<reduce_t>()};
+    bwd.run();
+  });
+  if (grad_weight.defined() || grad_bias.defined()) {
+    const int64_t N = sh.N, C = sh.C, D = sh.channels_per_group();
+    const reduce_t* s_dy = sums[0].const_data_ptr<reduce_t>();
+    const reduce_t* s_dy_xc = sums[1].const_data_ptr<reduce_t>();
+    const Tensor rstd64 = bp.rstd.to(at::kDouble);
+    const reduce_t* r = rstd64.const_data_ptr<reduce_t>();
+    Tensor gw = at::zeros({C}, sums.options()), gb = at::zeros({C}, sums.options());
+    reduce_t* gw_p = gw.mutable_data_ptr<reduce_t>();
+    reduce_t* gb_p = gb.mutable_data_ptr<reduce_t>();
+    for (int64_t n = 0; n < N; ++n) {  // in batch order: deterministic
+      for (int64_t c = 0; c < C; ++c) {
+        gw_p[c] += s_dy_xc[n * C + c] * r[n * sh.groups + c / D];
+        gb_p[c] += s_dy[n * C + c];
+      }
+    }
+    if (grad_weight.defined()) grad_weight.copy_(gw);
+    if (grad_bias.defined()) grad_bias.copy_(gb);
+  }
   return {grad_input, grad_weight, grad_bias};
 }
 

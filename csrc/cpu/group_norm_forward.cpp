@@ -1,6 +1,14 @@
 // CPU forward: statistics by the shared plan (per-chunk partial moments, combined in a
-// fixed tree per (n, group)), then one apply pass with the affine folded into a
-// per-(n, c) scale. NCS and NSC inputs are read in place, never converted.
+// fixed tree per (n, group)), then the apply pass y = (x - mean) * rstd * w + b with
+// per-(n, c) coefficients. NCS and NSC inputs are read in place, never converted.
+//
+// Two schedules, bitwise identical results (same chunk partials, same combine):
+//  - fused: one task per slab (NCS: an (n, group); NSC: a sample n) computes its
+//    statistics and applies them while the slab is still in cache: one read of x from
+//    memory. Used when slabs fit in this thread's share of the cache and there are
+//    enough of them to keep every thread busy.
+//  - split: every chunk of every slab is a task (all cores busy even when N * G is 1),
+//    then an elementwise apply pass: two reads of x.
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -10,134 +18,174 @@
 
 #include "../group_norm.h"
 #include "loops.h"
+#include "schedule.h"
 
 namespace groupnorm_ext {
 namespace {
 
 using cpu::opmath_t;
+using cpu::reduce_t;
+using Stats = Moments<reduce_t>;
 
-// Elements one parallel task should touch at least, so that scheduling costs nothing.
+// Elements one parallel task of an elementwise pass should touch at least, so that
+// scheduling costs nothing.
 constexpr int64_t kApplyGrainElems = 32768;
 
-// Partial moments of every (n, g, chunk), stored at ((n * G) + g) * K + k.
-template <typename T, typename acc_t = opmath_t<T>>
-void chunk_moments_ncs(const T* x, const GroupNormShape& sh, const ChunkPlan& plan,
-                       Moments<acc_t>* partials) {
-  const int64_t G = sh.groups, K = plan.num_chunks, D = sh.channels_per_group();
-  at::parallel_for(0, sh.N * G * K, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t k = task % K, ng = task / K;
-      const int64_t n = ng / G, g = ng % G;
-      const int64_t s0 = plan.begin(k), len = plan.end(k, sh.S) - s0;
-      acc_t sum = 0;
-      for (int64_t c = g * D; c < (g + 1) * D; ++c) sum += cpu::loop_sum(x + sh.offset(n, c, s0), len);
-      const acc_t count = static_cast<acc_t>(D * len);
-      const acc_t mean = sum / count;
-      // Second pass over the chunk while it is still in cache: exact deviations from
-      // the chunk mean, no cancellation whatever the offset of the data.
-      acc_t m2 = 0;
-      for (int64_t c = g * D; c < (g + 1) * D; ++c) {
-        m2 += cpu::loop_sum_sq_dev(x + sh.offset(n, c, s0), len, mean);
-      }
-      partials[task] = Moments<acc_t>{count, mean, m2};
-    }
-  });
-}
-
-// Same result layout for NSC: a chunk is a range of rows of C channels, reduced for all
-// groups at once with per-channel accumulators (vectorized along C).
-template <typename T, typename acc_t = opmath_t<T>>
-void chunk_moments_nsc(const T* x, const GroupNormShape& sh, const ChunkPlan& plan,
-                       Moments<acc_t>* partials) {
-  const int64_t C = sh.C, G = sh.groups, K = plan.num_chunks, D = sh.channels_per_group();
-  at::parallel_for(0, sh.N * K, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> channel_sum(C), channel_mean(C), group_mean(G);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / K, k = task % K;
-      const int64_t s0 = plan.begin(k), s1 = plan.end(k, sh.S);
-      const acc_t count = static_cast<acc_t>(D * (s1 - s0));
-      std::fill(channel_sum.begin(), channel_sum.end(), acc_t(0));
-      for (int64_t s = s0; s < s1; ++s) cpu::loop_accumulate_row(x + sh.offset(n, 0, s), channel_sum.data(), C);
-      for (int64_t g = 0; g < G; ++g) {
-        acc_t sum = 0;
-        for (int64_t c = g * D; c < (g + 1) * D; ++c) sum += channel_sum[c];
-        group_mean[g] = sum / count;
-        std::fill(channel_mean.begin() + g * D, channel_mean.begin() + (g + 1) * D, group_mean[g]);
-      }
-      std::fill(channel_sum.begin(), channel_sum.end(), acc_t(0));
-      for (int64_t s = s0; s < s1; ++s) {
-        cpu::loop_accumulate_sq_dev_row(x + sh.offset(n, 0, s), channel_sum.data(), channel_mean.data(), C);
-      }
-      for (int64_t g = 0; g < G; ++g) {
-        acc_t m2 = 0;
-        for (int64_t c = g * D; c < (g + 1) * D; ++c) m2 += channel_sum[c];
-        partials[(n * G + g) * K + k] = Moments<acc_t>{count, group_mean[g], m2};
-      }
-    }
-  });
-}
-
 template <typename T>
-void forward_impl(const ForwardProblem& p, double eps, Tensor& out, Tensor& mean_out, Tensor& rstd_out) {
+struct Forward {
   using acc_t = opmath_t<T>;
-  const GroupNormShape& sh = p.shape;
-  const int64_t N = sh.N, C = sh.C, G = sh.groups, S = sh.S, D = sh.channels_per_group();
-  const T* x = p.input.const_data_ptr<T>();
-  T* y = out.mutable_data_ptr<T>();
-  acc_t* mean = mean_out.mutable_data_ptr<acc_t>();
-  acc_t* rstd = rstd_out.mutable_data_ptr<acc_t>();
+  const GroupNormShape& sh;
+  const ChunkPlan plan;
+  const T* x;
+  T* y;
+  const acc_t* weight;  // null when absent
+  const acc_t* bias;
+  reduce_t eps;
+  acc_t* mean_out;  // (N, G)
+  acc_t* rstd_out;
 
-  // 1. statistics
-  const ChunkPlan plan = make_chunk_plan(sh);
-  const int64_t K = plan.num_chunks;
-  std::vector<Moments<acc_t>> partials(N * G * K);
-  if (sh.order == MemoryOrder::NCS) {
-    chunk_moments_ncs<T>(x, sh, plan, partials.data());
-  } else {
-    chunk_moments_nsc<T>(x, sh, plan, partials.data());
-  }
-  const acc_t eps_acc = static_cast<acc_t>(eps);
-  at::parallel_for(0, N * G, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t ng = begin; ng < end; ++ng) {
-      const Moments<acc_t> m = combine_moments_tree(partials.data() + ng * K, K);
-      mean[ng] = m.mean;
-      rstd[ng] = rstd_from_variance(moments_variance(m), eps_acc);
-    }
-  });
+  int64_t D() const { return sh.channels_per_group(); }
 
-  // 2. y = (x - mean[n, g]) * scale[n, c] + bias[c], with scale = rstd * w, per (n, c)
-  Tensor w = p.weight.defined() ? p.weight.to(mean_out.scalar_type()) : Tensor();
-  Tensor b = p.bias.defined() ? p.bias.to(mean_out.scalar_type()) : Tensor();
-  const acc_t* w_ptr = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
-  const acc_t* b_ptr = b.defined() ? b.const_data_ptr<acc_t>() : nullptr;
-  std::vector<acc_t> mean_c(N * C), scale(N * C), bias_c(N * C);
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t ng = n * G + c / D;
-      mean_c[n * C + c] = mean[ng];
-      scale[n * C + c] = rstd[ng] * (w_ptr ? w_ptr[c] : acc_t(1));
-      bias_c[n * C + c] = b_ptr ? b_ptr[c] : acc_t(0);
+  // Moments of chunk k of slab (n, g), NCS: D runs of the chunk's spatial range.
+  Stats chunk_moments_ncs(int64_t n, int64_t g, int64_t k) const {
+    const int64_t s0 = plan.begin(k), len = plan.end(k, sh.S) - s0;
+    reduce_t sum = 0;
+    for (int64_t c = g * D(); c < (g + 1) * D(); ++c) sum += cpu::loop_sum(x + sh.offset(n, c, s0), len);
+    const reduce_t count = static_cast<reduce_t>(D() * len);
+    const reduce_t mean = sum / count;
+    // Second pass over the chunk while it is in L1: exact deviations from the chunk mean.
+    reduce_t m2 = 0;
+    for (int64_t c = g * D(); c < (g + 1) * D(); ++c) m2 += cpu::loop_sum_sq_dev(x + sh.offset(n, c, s0), len, mean);
+    return Stats{count, mean, m2};
+  }
+
+  // Moments of chunk k of every group of sample n, NSC: rows of C channels reduced with
+  // per-channel accumulators (vectorized along C). Writes out[g * stride] for each g.
+  void chunk_moments_nsc(int64_t n, int64_t k, std::vector<reduce_t>& channel_acc,
+                         std::vector<reduce_t>& channel_mean, Stats* out, int64_t stride) const {
+    const int64_t C = sh.C, G = sh.groups;
+    const int64_t s0 = plan.begin(k), s1 = plan.end(k, sh.S);
+    const reduce_t count = static_cast<reduce_t>(D() * (s1 - s0));
+    std::fill(channel_acc.begin(), channel_acc.end(), reduce_t(0));
+    for (int64_t s = s0; s < s1; ++s) cpu::loop_accumulate_row(x + sh.offset(n, 0, s), channel_acc.data(), C);
+    for (int64_t g = 0; g < G; ++g) {
+      reduce_t sum = 0;
+      for (int64_t c = g * D(); c < (g + 1) * D(); ++c) sum += channel_acc[c];
+      out[g * stride].mean = sum / count;
+      std::fill(channel_mean.begin() + g * D(), channel_mean.begin() + (g + 1) * D(), out[g * stride].mean);
+    }
+    std::fill(channel_acc.begin(), channel_acc.end(), reduce_t(0));
+    for (int64_t s = s0; s < s1; ++s) {
+      cpu::loop_accumulate_sq_dev_row(x + sh.offset(n, 0, s), channel_acc.data(), channel_mean.data(), C);
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      reduce_t m2 = 0;
+      for (int64_t c = g * D(); c < (g + 1) * D(); ++c) m2 += channel_acc[c];
+      out[g * stride].count = count;
+      out[g * stride].m2 = m2;
     }
   }
-  if (sh.order == MemoryOrder::NCS) {
-    at::parallel_for(0, N * C * S, kApplyGrainElems, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end;) {
-        const int64_t row = i / S, s = i % S;
-        const int64_t len = std::min(S - s, end - i);
-        cpu::loop_normalize(x + i, y + i, len, mean_c[row], scale[row], bias_c[row]);
-        i += len;
-      }
-    });
-  } else {
-    const int64_t grain_rows = std::max<int64_t>(1, kApplyGrainElems / C);
-    at::parallel_for(0, N * S, grain_rows, [&](int64_t begin, int64_t end) {
+
+  // Combines slab ng's K partials (consumed) into its mean and rstd.
+  void finalize(int64_t ng, Stats* partials) const {
+    const Stats m = combine_moments_tree(partials, plan.num_chunks);
+    mean_out[ng] = static_cast<acc_t>(m.mean);
+    rstd_out[ng] = static_cast<acc_t>(rstd_from_variance(moments_variance(m), eps));
+  }
+
+  acc_t scale(int64_t ng, int64_t c) const { return rstd_out[ng] * (weight ? weight[c] : acc_t(1)); }
+  acc_t shift(int64_t c) const { return bias ? bias[c] : acc_t(0); }
+
+  // Apply to rows [r0, r1) of (n, c) (NCS), whole or in part: elements [i0, i1).
+  void apply_ncs(int64_t i0, int64_t i1) const {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t row = i / sh.S, s = i % sh.S, len = std::min(sh.S - s, i1 - i);
+      const int64_t n = row / sh.C, c = row % sh.C, ng = n * sh.groups + c / D();
+      cpu::loop_normalize(x + i, y + i, len, mean_out[ng], scale(ng, c), shift(c));
+      i += len;
+    }
+  }
+
+  // Per-channel coefficients of sample n, for NSC rows.
+  void channel_coefficients(int64_t n, acc_t* mean_c, acc_t* scale_c, acc_t* bias_c) const {
+    for (int64_t c = 0; c < sh.C; ++c) {
+      const int64_t ng = n * sh.groups + c / D();
+      mean_c[c] = mean_out[ng];
+      scale_c[c] = scale(ng, c);
+      bias_c[c] = shift(c);
+    }
+  }
+
+  void run() const {
+    const int64_t N = sh.N, G = sh.groups, K = plan.num_chunks, C = sh.C;
+    const bool ncs = sh.order == MemoryOrder::NCS;
+    const int64_t slab_bytes = (ncs ? D() : C) * sh.S * static_cast<int64_t>(sizeof(T));
+    const int64_t slabs = ncs ? N * G : N;
+    if (slab_bytes <= cpu::fuse_budget_bytes() && cpu::balances_threads(slabs)) {
+      run_fused();
+      return;
+    }
+    std::vector<Stats> partials(N * G * K);  // ((n * G) + g) * K + k
+    if (ncs) {
+      at::parallel_for(0, N * G * K, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) partials[t] = chunk_moments_ncs(t / K / G, t / K % G, t % K);
+      });
+    } else {
+      at::parallel_for(0, N * K, 1, [&](int64_t begin, int64_t end) {
+        std::vector<reduce_t> acc(C), mean_c(C);
+        for (int64_t t = begin; t < end; ++t) {
+          chunk_moments_nsc(t / K, t % K, acc, mean_c, partials.data() + (t / K) * G * K + t % K, K);
+        }
+      });
+    }
+    for (int64_t ng = 0; ng < N * G; ++ng) finalize(ng, partials.data() + ng * K);
+    if (ncs) {
+      at::parallel_for(0, N * C * sh.S, kApplyGrainElems, [&](int64_t b, int64_t e) { apply_ncs(b, e); });
+      return;
+    }
+    std::vector<acc_t> coeffs(3 * N * C);
+    for (int64_t n = 0; n < N; ++n) {
+      channel_coefficients(n, &coeffs[n * C], &coeffs[(N + n) * C], &coeffs[(2 * N + n) * C]);
+    }
+    at::parallel_for(0, N * sh.S, std::max<int64_t>(1, kApplyGrainElems / C), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        const int64_t o = (r / S) * C;
-        cpu::loop_normalize_row(x + r * C, y + r * C, C, mean_c.data() + o, scale.data() + o, bias_c.data() + o);
+        const int64_t n = r / sh.S;
+        cpu::loop_normalize_row(x + r * C, y + r * C, C, &coeffs[n * C], &coeffs[(N + n) * C],
+                                &coeffs[(2 * N + n) * C]);
       }
     });
   }
-}
+
+  void run_fused() const {
+    const int64_t G = sh.groups, K = plan.num_chunks, C = sh.C;
+    if (sh.order == MemoryOrder::NCS) {
+      at::parallel_for(0, sh.N * G, 1, [&](int64_t begin, int64_t end) {
+        std::vector<Stats> partials(K);
+        for (int64_t ng = begin; ng < end; ++ng) {
+          for (int64_t k = 0; k < K; ++k) partials[k] = chunk_moments_ncs(ng / G, ng % G, k);
+          finalize(ng, partials.data());
+          const int64_t first = sh.offset(ng / G, (ng % G) * D(), 0);  // the slab is contiguous
+          apply_ncs(first, first + D() * sh.S);
+        }
+      });
+      return;
+    }
+    at::parallel_for(0, sh.N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<Stats> partials(G * K);
+      std::vector<reduce_t> acc(C), mean_c(C);
+      std::vector<acc_t> coeffs(3 * C);
+      for (int64_t n = begin; n < end; ++n) {
+        for (int64_t k = 0; k < K; ++k) chunk_moments_nsc(n, k, acc, mean_c, partials.data() + k, K);
+        for (int64_t g = 0; g < G; ++g) finalize(n * G + g, partials.data() + g * K);
+        channel_coefficients(n, &coeffs[0], &coeffs[C], &coeffs[2 * C]);
+        for (int64_t s = 0; s < sh.S; ++s) {
+          const int64_t o = sh.offset(n, 0, s);
+          cpu::loop_normalize_row(x + o, y + o, C, &coeffs[0], &coeffs[C], &coeffs[2 * C]);
+        }
+      }
+    });
+  }
+};
 
 }  // namespace
 
@@ -151,8 +199,21 @@ ForwardResult group_norm_forward_cpu(const Tensor& input, int64_t num_groups,
   Tensor mean = at::empty({p.shape.N, num_groups}, input.options().dtype(stats_t));
   Tensor rstd = at::empty({p.shape.N, num_groups}, input.options().dtype(stats_t));
   if (p.shape.N * num_groups == 0) return {out, mean, rstd};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_forward_cpu",
-                                  [&] { forward_impl<scalar_t>(p, eps, out, mean, rstd); });
+  const Tensor w = p.weight.defined() ? p.weight.to(stats_t) : Tensor();
+  const Tensor b = p.bias.defined() ? p.bias.to(stats_t) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_forward_cpu", [&] {
+    using acc_t = opmath_t<scalar_t>;
+    const Forward<scalar_t> fwd{p.shape,
+                                make_chunk_plan(p.shape),
+                                p.input.const_data_ptr<scalar_t>(),
+                                out.mutable_data_ptr<scalar_t>(),
+                                w.defined() ? w.const_data_ptr<acc_t>() : nullptr,
+                                b.defined() ? b.const_data_ptr<acc_t>() : nullptr,
+                                eps,
+                                mean.mutable_data_ptr<acc_t>(),
+                                rstd.mutable_data_ptr<acc_t>()};
+    fwd.run();
+  });
   return {out, mean, rstd};
 }
 

@@ -37,31 +37,31 @@ GN_INLINE acc_t reduce_lanes(acc_t* lanes) {
   return lanes[0];
 }
 
-template <typename T, typename acc_t = opmath_t<T>>
-GN_INLINE acc_t sum_impl(const T* x, int64_t n) {
-  constexpr int L = kLanes<acc_t>;
-  acc_t lanes[L] = {};
+template <typename T>
+GN_INLINE reduce_t sum_impl(const T* x, int64_t n) {
+  constexpr int L = kLanes<reduce_t>;
+  reduce_t lanes[L] = {};
   int64_t i = 0;
   for (; i + L <= n; i += L) {
-    for (int l = 0; l < L; ++l) lanes[l] += load<acc_t>(x + i + l);
+    for (int l = 0; l < L; ++l) lanes[l] += load<reduce_t>(x + i + l);
   }
-  for (int l = 0; i < n; ++i, ++l) lanes[l] += load<acc_t>(x + i);
+  for (int l = 0; i < n; ++i, ++l) lanes[l] += load<reduce_t>(x + i);
   return reduce_lanes(lanes);
 }
 
-template <typename T, typename acc_t = opmath_t<T>>
-GN_INLINE acc_t sum_sq_dev_impl(const T* x, int64_t n, acc_t mean) {
-  constexpr int L = kLanes<acc_t>;
-  acc_t lanes[L] = {};
+template <typename T>
+GN_INLINE reduce_t sum_sq_dev_impl(const T* x, int64_t n, reduce_t mean) {
+  constexpr int L = kLanes<reduce_t>;
+  reduce_t lanes[L] = {};
   int64_t i = 0;
   for (; i + L <= n; i += L) {
     for (int l = 0; l < L; ++l) {
-      const acc_t d = load<acc_t>(x + i + l) - mean;
+      const reduce_t d = load<reduce_t>(x + i + l) - mean;
       lanes[l] += d * d;
     }
   }
   for (int l = 0; i < n; ++i, ++l) {
-    const acc_t d = load<acc_t>(x + i) - mean;
+    const reduce_t d = load<reduce_t>(x + i) - mean;
     lanes[l] += d * d;
   }
   return reduce_lanes(lanes);
@@ -80,74 +80,76 @@ GN_INLINE void normalize_row_impl(const T* x, T* y, int64_t n, const acc_t* mean
   for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>((load<acc_t>(x + i) - mean[i]) * scale[i] + bias[i]);
 }
 
-template <typename T, typename acc_t = opmath_t<T>>
-GN_INLINE void accumulate_row_impl(const T* x, acc_t* acc, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) acc[i] += load<acc_t>(x + i);
+template <typename T>
+GN_INLINE void accumulate_row_impl(const T* x, reduce_t* acc, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) acc[i] += load<reduce_t>(x + i);
 }
 
-template <typename T, typename acc_t = opmath_t<T>>
-GN_INLINE void accumulate_sq_dev_row_impl(const T* x, acc_t* acc, const acc_t* mean, int64_t n) {
+template <typename T>
+GN_INLINE void accumulate_sq_dev_row_impl(const T* x, reduce_t* acc, const reduce_t* mean, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const acc_t d = load<acc_t>(x + i) - mean[i];
+    const reduce_t d = load<reduce_t>(x + i) - mean[i];
     acc[i] += d * d;
   }
 }
 
-template <typename T, typename acc_t = opmath_t<T>>
-GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, acc_t mean, acc_t* sum_dy,
-                              acc_t* sum_dy_xc) {
-  constexpr int L = kLanes<acc_t>;
-  acc_t lanes_dy[L] = {};
-  acc_t lanes_dy_xc[L] = {};
+template <typename T>
+GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, reduce_t mean, reduce_t* sum_dy,
+                              reduce_t* sum_dy_xc) {
+  constexpr int L = kLanes<reduce_t>;
+  reduce_t lanes_dy[L] = {};
+  reduce_t lanes_dy_xc[L] = {};
   int64_t i = 0;
   for (; i + L <= n; i += L) {
     for (int l = 0; l < L; ++l) {
-      const acc_t g = load<acc_t>(dy + i + l);
+      const reduce_t g = load<reduce_t>(dy + i + l);
       lanes_dy[l] += g;
-      lanes_dy_xc[l] += g * (load<acc_t>(x + i + l) - mean);
+      lanes_dy_xc[l] += g * (load<reduce_t>(x + i + l) - mean);
     }
   }
   for (int l = 0; i < n; ++i, ++l) {
-    const acc_t g = load<acc_t>(dy + i);
+    const reduce_t g = load<reduce_t>(dy + i);
     lanes_dy[l] += g;
-    lanes_dy_xc[l] += g * (load<acc_t>(x + i) - mean);
+    lanes_dy_xc[l] += g * (load<reduce_t>(x + i) - mean);
   }
   *sum_dy = reduce_lanes(lanes_dy);
   *sum_dy_xc = reduce_lanes(lanes_dy_xc);
 }
 
-template <typename T, typename acc_t = opmath_t<T>>
-GN_INLINE void grad_sums_row_impl(const T* dy, const T* x, int64_t n, const acc_t* mean,
-                                  acc_t* sum_dy, acc_t* sum_dy_xc) {
+template <typename T>
+GN_INLINE void grad_sums_row_impl(const T* dy, const T* x, int64_t n, const reduce_t* mean,
+                                  reduce_t* sum_dy, reduce_t* sum_dy_xc) {
   for (int64_t i = 0; i < n; ++i) {
-    const acc_t g = load<acc_t>(dy + i);
+    const reduce_t g = load<reduce_t>(dy + i);
     sum_dy[i] += g;
-    sum_dy_xc[i] += g * (load<acc_t>(x + i) - mean[i]);
+    sum_dy_xc[i] += g * (load<reduce_t>(x + i) - mean[i]);
   }
 }
 
 template <typename T, typename acc_t = opmath_t<T>>
-GN_INLINE void grad_input_impl(const T* dy, const T* x, T* dx, int64_t n, acc_t a, acc_t kx,
-                               acc_t mean, acc_t kc) {
+GN_INLINE void grad_input_impl(const T* dy, const T* x, T* dx, int64_t n, acc_t a, acc_t mean,
+                               acc_t rstd, acc_t kxhat, acc_t kc) {
   for (int64_t i = 0; i < n; ++i) {
-    dx[i] = static_cast<T>(a * load<acc_t>(dy + i) + kx * (load<acc_t>(x + i) - mean) + kc);
+    const acc_t xhat = (load<acc_t>(x + i) - mean) * rstd;
+    dx[i] = static_cast<T>(a * load<acc_t>(dy + i) + xhat * kxhat + kc);
   }
 }
 
 template <typename T, typename acc_t = opmath_t<T>>
 GN_INLINE void grad_input_row_impl(const T* dy, const T* x, T* dx, int64_t n, const acc_t* a,
-                                   const acc_t* kx, const acc_t* mean, const acc_t* kc) {
+                                   const acc_t* mean, const acc_t* rstd, const acc_t* kxhat,
+                                   const acc_t* kc) {
   for (int64_t i = 0; i < n; ++i) {
-    dx[i] = static_cast<T>(a[i] * load<acc_t>(dy + i) + kx[i] * (load<acc_t>(x + i) - mean[i]) +
-                           kc[i]);
+    const acc_t xhat = (load<acc_t>(x + i) - mean[i]) * rstd[i];
+    dx[i] = static_cast<T>(a[i] * load<acc_t>(dy + i) + xhat * kxhat[i] + kc[i]);
   }
 }
 
 }  // namespace
 
 #define GN_DEFINE_LOOPS(T)                                                                     \
-  GN_CLONES opmath_t<T> loop_sum(const T* x, int64_t n) { return sum_impl(x, n); }             \
-  GN_CLONES opmath_t<T> loop_sum_sq_dev(const T* x, int64_t n, opmath_t<T> mean) {             \
+  GN_CLONES reduce_t loop_sum(const T* x, int64_t n) { return sum_impl(x, n); }                \
+  GN_CLONES reduce_t loop_sum_sq_dev(const T* x, int64_t n, reduce_t mean) {                   \
     return sum_sq_dev_impl(x, n, mean);                                                        \
   }                                                                                            \
   GN_CLONES void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean,                 \
@@ -158,30 +160,31 @@ GN_INLINE void grad_input_row_impl(const T* dy, const T* x, T* dx, int64_t n, co
                                     const opmath_t<T>* scale, const opmath_t<T>* bias) {       \
     normalize_row_impl(x, y, n, mean, scale, bias);                                            \
   }                                                                                            \
-  GN_CLONES void loop_accumulate_row(const T* x, opmath_t<T>* acc, int64_t n) {                \
+  GN_CLONES void loop_accumulate_row(const T* x, reduce_t* acc, int64_t n) {                   \
     accumulate_row_impl(x, acc, n);                                                            \
   }                                                                                            \
-  GN_CLONES void loop_accumulate_sq_dev_row(const T* x, opmath_t<T>* acc,                      \
-                                            const opmath_t<T>* mean, int64_t n) {              \
+  GN_CLONES void loop_accumulate_sq_dev_row(const T* x, reduce_t* acc, const reduce_t* mean,   \
+                                            int64_t n) {                                       \
     accumulate_sq_dev_row_impl(x, acc, mean, n);                                               \
   }                                                                                            \
-  GN_CLONES void loop_grad_sums(const T* dy, const T* x, int64_t n, opmath_t<T> mean,          \
-                                opmath_t<T>* sum_dy, opmath_t<T>* sum_dy_xc) {                 \
+  GN_CLONES void loop_grad_sums(const T* dy, const T* x, int64_t n, reduce_t mean,             \
+                                reduce_t* sum_dy, reduce_t* sum_dy_xc) {                       \
     grad_sums_impl(dy, x, n, mean, sum_dy, sum_dy_xc);                                         \
   }                                                                                            \
-  GN_CLONES void loop_grad_sums_row(const T* dy, const T* x, int64_t n,                        \
-                                    const opmath_t<T>* mean, opmath_t<T>* sum_dy,              \
-                                    opmath_t<T>* sum_dy_xc) {                                  \
+  GN_CLONES void loop_grad_sums_row(const T* dy, const T* x, int64_t n, const reduce_t* mean,  \
+                                    reduce_t* sum_dy, reduce_t* sum_dy_xc) {                   \
     grad_sums_row_impl(dy, x, n, mean, sum_dy, sum_dy_xc);                                     \
   }                                                                                            \
   GN_CLONES void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,     \
-                                 opmath_t<T> kx, opmath_t<T> mean, opmath_t<T> kc) {           \
-    grad_input_impl(dy, x, dx, n, a, kx, mean, kc);                                            \
+                                 opmath_t<T> mean, opmath_t<T> rstd, opmath_t<T> kxhat,        \
+                                 opmath_t<T> kc) {                                             \
+    grad_input_impl(dy, x, dx, n, a, mean, rstd, kxhat, kc);                                   \
   }                                                                                            \
   GN_CLONES void loop_grad_input_row(const T* dy, const T* x, T* dx, int64_t n,                \
-                                     const opmath_t<T>* a, const opmath_t<T>* kx,              \
-                                     const opmath_t<T>* mean, const opmath_t<T>* kc) {         \
-    grad_input_row_impl(dy, x, dx, n, a, kx, mean, kc);                                        \
+                                     const opmath_t<T>* a, const opmath_t<T>* mean,            \
+                                     const opmath_t<T>* rstd, const opmath_t<T>* kxhat,        \
+                                     const opmath_t<T>* kc) {                                  \
+    grad_input_row_impl(dy, x, dx, n, a, mean, rstd, kxhat, kc);                               \
   }
 
 GN_DEFINE_LOOPS(float)

@@ -19,11 +19,17 @@ struct Opmath<double> { using type = double; };
 template <typename T>
 using opmath_t = typename Opmath<T>::type;
 
+// Reductions (statistics and gradient sums) accumulate in double whatever the input:
+// the data come from memory far slower than even 8-wide double adds retire, and double
+// keeps (x - mean)^2 from overflowing for |x| ~ 1e30 and the mean exact to float
+// precision on huge groups. Elementwise passes run in opmath_t.
+using reduce_t = double;
+
 #define GN_DECLARE_LOOPS(T)                                                                  \
   /* sum of x[0..n) */                                                                       \
-  opmath_t<T> loop_sum(const T* x, int64_t n);                                               \
+  reduce_t loop_sum(const T* x, int64_t n);                                                  \
   /* sum of (x - mean)^2 over x[0..n) */                                                     \
-  opmath_t<T> loop_sum_sq_dev(const T* x, int64_t n, opmath_t<T> mean);                      \
+  reduce_t loop_sum_sq_dev(const T* x, int64_t n, reduce_t mean);                            \
   /* y = (x - mean) * scale + bias, one coefficient set for the run (NCS apply) */          \
   void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean, opmath_t<T> scale,      \
                       opmath_t<T> bias);                                                     \
@@ -31,23 +37,25 @@ using opmath_t = typename Opmath<T>::type;
   void loop_normalize_row(const T* x, T* y, int64_t n, const opmath_t<T>* mean,              \
                           const opmath_t<T>* scale, const opmath_t<T>* bias);                \
   /* acc[i] += x[i] */                                                                       \
-  void loop_accumulate_row(const T* x, opmath_t<T>* acc, int64_t n);                         \
+  void loop_accumulate_row(const T* x, reduce_t* acc, int64_t n);                            \
   /* acc[i] += (x[i] - mean[i])^2 */                                                         \
-  void loop_accumulate_sq_dev_row(const T* x, opmath_t<T>* acc, const opmath_t<T>* mean,     \
+  void loop_accumulate_sq_dev_row(const T* x, reduce_t* acc, const reduce_t* mean,           \
                                   int64_t n);                                                \
   /* sums of dy and of dy * (x - mean) over a run */                                         \
-  void loop_grad_sums(const T* dy, const T* x, int64_t n, opmath_t<T> mean,                  \
-                      opmath_t<T>* sum_dy, opmath_t<T>* sum_dy_xc);                          \
+  void loop_grad_sums(const T* dy, const T* x, int64_t n, reduce_t mean, reduce_t* sum_dy,   \
+                      reduce_t* sum_dy_xc);                                                  \
   /* per-channel sums: sum_dy[i] += dy[i]; sum_dy_xc[i] += dy[i] * (x[i] - mean[i]) */       \
-  void loop_grad_sums_row(const T* dy, const T* x, int64_t n, const opmath_t<T>* mean,       \
-                          opmath_t<T>* sum_dy, opmath_t<T>* sum_dy_xc);                      \
-  /* dx = a * dy + kx * (x - mean) + kc, one coefficient set for the run */                \
+  void loop_grad_sums_row(const T* dy, const T* x, int64_t n, const reduce_t* mean,          \
+                          reduce_t* sum_dy, reduce_t* sum_dy_xc);                            \
+  /* dx = a * dy + ((x - mean) * rstd) * kxhat + kc, one coefficient set for the run.       \
+     xhat is formed first so no coefficient needs rstd^2 or rstd^3 (they underflow). */     \
   void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,             \
-                       opmath_t<T> kx, opmath_t<T> mean, opmath_t<T> kc);                    \
-  /* dx[i] = a[i] * dy[i] + kx[i] * (x[i] - mean[i]) + kc[i] */                              \
+                       opmath_t<T> mean, opmath_t<T> rstd, opmath_t<T> kxhat,                \
+                       opmath_t<T> kc);                                                      \
+  /* the same with per-element coefficients (NSC: one row of channels) */                    \
   void loop_grad_input_row(const T* dy, const T* x, T* dx, int64_t n, const opmath_t<T>* a,  \
-                           const opmath_t<T>* kx, const opmath_t<T>* mean,                   \
-                           const opmath_t<T>* kc);
+                           const opmath_t<T>* mean, const opmath_t<T>* rstd,                 \
+                           const opmath_t<T>* kxhat, const opmath_t<T>* kc);
 
 GN_DECLARE_LOOPS(float)
 GN_DECLARE_LOOPS(double)
