@@ -17,6 +17,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
@@ -33,13 +34,17 @@ RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 # Correctness guard: max |ours - torch| / max |torch| per output, per input dtype. Loose on purpose:
 # it catches a wrong kernel (errors of order 1), not last-bit differences in reduction order.
 TOLERANCE = {"fp64": 1e-6, "fp32": 1e-3, "fp16": 5e-3, "bf16": 4e-2}
+# Fraction of all CPU time used by other processes (sampled for 0.5 s before and after the run) above
+# which the run warns that its timings are skewed.
+BUSY_WARN_FRACTION = 0.2
 # Names under which the extension may expose the CPU kernel it dispatched to, most likely first.
 CPU_PATH_FUNCTIONS = ("cpu_capability", "cpu_path", "cpu_kernel", "kernel_path")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="4 small/medium cases, fixed 15 reps (< 60 s)")
+    p.add_argument("--quick", action="store_true",
+                   help="4 small/medium cases, ~0.3 s of calls per timing (< 60 s)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--save", metavar="NAME", help="write raw results as JSON: bench/results/NAME.json, "
                    "or the path itself when NAME ends in .json")
@@ -48,7 +53,8 @@ def parse_args(argv=None):
                    "<machine>-quick.md with --quick); the PNG goes next to it")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(F.group_norm) (slow)")
     p.add_argument("--filter", metavar="REGEX", help="only cases whose label matches, e.g. 'bf16|seed'")
-    p.add_argument("--reps", type=int, help="fixed number of timed calls (default: adaptive, ~1 s)")
+    p.add_argument("--reps", type=int,
+                   help="fixed number of timed calls (default: adaptive, ~1.5 s per timing)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads before running (CPU)")
     return p.parse_args(argv)
 
@@ -69,6 +75,39 @@ def ext_cpu_path(ext) -> str:
             if attr is not None:
                 return str(attr() if callable(attr) else attr)
     return f"{torch.backends.cpu.get_cpu_capability()} (not exposed by groupnorm_ext; torch's capability)"
+
+
+def _built_with_cuda(ext) -> str:
+    fn = getattr(ext, "built_with_cuda", None)
+    return str(fn()) if callable(fn) else "unknown"
+
+
+def cpu_busy_fraction(seconds: float = 0.5) -> float | None:
+    """Fraction of all CPUs' time that other processes keep busy over `seconds` (from /proc/stat, less
+    this process's own CPU time, e.g. OpenMP workers still spinning; None where /proc is unavailable)."""
+    def snapshot():
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        own = os.times()
+        return sum(ticks), ticks[3] + ticks[4], own.user + own.system  # total, idle + iowait, own (s)
+
+    try:
+        hz = os.sysconf("SC_CLK_TCK")
+        total0, idle0, own0 = snapshot()
+        time.sleep(seconds)
+        total1, idle1, own1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = max(total1 - total0, 1)
+    busy = total - (idle1 - idle0) - (own1 - own0) * hz
+    return min(max(busy / total, 0.0), 1.0)
+
+
+def warn_if_busy(busy: float | None) -> float | None:
+    if busy is not None and busy > BUSY_WARN_FRACTION:
+        print(f"WARNING: other processes use {100 * busy:.0f}% of the CPUs: the timings are skewed",
+              file=sys.stderr)
+    return busy
 
 
 def machine_name(device: str) -> str:
@@ -205,14 +244,18 @@ def save_path(name: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # keep stdout and the stderr progress lines in order
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device is available")
     if args.threads:
         torch.set_num_threads(args.threads)
     ext = import_ext()
+    old = report.load_json(args.compare) if args.compare else None  # fail now, not after the timings
 
     machine = machine_name(args.device)
     cpu_path = ext_cpu_path(ext)
+    busy_start = cpu_busy_fraction()
+    warn_if_busy(busy_start)
     print(f"machine: {machine} ({device_description(args.device)}); torch {torch.__version__}; "
           f"threads {torch.get_num_threads()}")
     print(f"CPU path: groupnorm_ext: {cpu_path}; torch: {torch.backends.cpu.get_cpu_capability()}")
@@ -222,21 +265,20 @@ def main(argv=None) -> int:
         policy = timing.RepPolicy(warmup=policy.warmup, min_reps=args.reps, max_reps=args.reps, target_s=0,
                                   rounds=min(policy.rounds, args.reps))
     timer = timing.make_timer(args.device)
-    copy_gbps, copy_bytes = timing.copy_bandwidth(timer, args.quick)
+    copy_gbps, copy_bytes = timing.copy_bandwidth(timer)
     print(f"copy bandwidth: {copy_gbps:.1f} GB/s")
 
     cases = shapes.all_cases(args.device, args.quick)
     if args.filter:
-        cases = [c for c in cases if re.search(args.filter, f"{c.set} {c.shape_str} G{c.groups} {c.dtype} "
-                                                            f"{c.layout}")]
+        cases = [c for c in cases if re.search(args.filter, c.label)]
     rows, errors = [], []
     for i, case in enumerate(cases, 1):
-        label = f"{case.set} {case.shape_str} G={case.groups} {case.dtype} {case.layout}"
+        label = case.label
         print(f"[{i}/{len(cases)}] {label} ...", file=sys.stderr, flush=True)
         try:
             case_rows = run_case(case, ext, timer, policy, args, copy_gbps)
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:  # one bad case must not lose the run
-            msg = str(e).splitlines()[0][:200]
+        except Exception as e:  # noqa: BLE001  (one bad case, e.g. out of memory, must not lose the run)
+            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             print(f"    ERROR: {msg}", file=sys.stderr)
             errors.append(f"{label}: {msg}")
             continue
@@ -255,7 +297,8 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(), "ext_cpu_path": cpu_path,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "copy_gbps": copy_gbps, "copy_bytes": copy_bytes, "quick": args.quick, "compile": args.compile,
-        "filter": args.filter,
+        "filter": args.filter, "built_with_cuda": _built_with_cuda(ext),
+        "busy_start": busy_start, "busy_end": warn_if_busy(cpu_busy_fraction()),
         "timing": (f"median of {policy.min_reps} calls" if policy.target_s <= 0
                    else f"median of {policy.min_reps}-{policy.max_reps} calls (~{policy.target_s:g} s)")
         + f" after {policy.warmup} warm-up, ours and torch taking {policy.rounds} turns each"
@@ -266,7 +309,7 @@ def main(argv=None) -> int:
     if errors:
         text += "\n## errors\n\n" + "\n".join(f"- {e}" for e in errors) + "\n"
     if args.compare:
-        text += "\n## comparison\n\n" + report.compare_table(report.load_json(args.compare), meta, rows) + "\n"
+        text += "\n## comparison\n\n" + report.compare_table(old, meta, rows) + "\n"
     print()
     print(text)
 

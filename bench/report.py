@@ -15,6 +15,10 @@ def _ms(seconds) -> str:
     return f"{ms:.4f}" if ms < 0.1 else f"{ms:.3f}" if ms < 10 else f"{ms:.1f}"
 
 
+def _pct(fraction) -> str:
+    return "?" if fraction is None else f"{100 * fraction:.0f}%"
+
+
 def _ratio(num, den) -> str:
     return "-" if num is None or den is None else f"{num / den:.2f}x"
 
@@ -29,7 +33,7 @@ def markdown_table(rows: list[dict], with_compile: bool) -> str:
         cells = [
             r["shape"], str(r["groups"]), r["dtype"], r["layout"], r["pass"],
             _ms(r["ours_s"]), _ms(r["torch_s"]), _ratio(r["torch_s"], r["ours_s"]),
-            f"{r['gbps']:.1f}", f"{100 * r['roofline']:.0f}%",
+            f"{r['gbps']:.1f}" if r["gbps"] >= 10 else f"{r['gbps']:.2f}", f"{100 * r['roofline']:.0f}%",
         ]
         if with_compile:
             cells += [_ms(r.get("compile_s")), _ratio(r.get("compile_s"), r["ours_s"])]
@@ -42,8 +46,9 @@ def markdown_report(meta: dict, rows: list[dict], with_compile: bool) -> str:
     out = [f"# groupnorm_ext benchmark: {meta['machine']}", ""]
     out += [
         f"- date: {meta['date']}; git: {meta['git']}; torch {meta['torch']}; "
-        f"groupnorm_ext {meta['ext_version']}",
-        f"- device: {meta['device_name']}; threads: {meta['threads']}",
+        f"groupnorm_ext {meta['ext_version']} (built with CUDA: {meta['built_with_cuda']})",
+        f"- device: {meta['device_name']}; threads: {meta['threads']}; CPUs busy with other work "
+        f"before / after the run: {_pct(meta.get('busy_start'))} / {_pct(meta.get('busy_end'))}",
         f"- CPU path: groupnorm_ext: {meta['ext_cpu_path']}; torch: {meta['torch_cpu_capability']}",
         f"- copy bandwidth: {meta['copy_gbps']:.1f} GB/s (median `dst.copy_(src)`, "
         f"{meta['copy_bytes'] >> 20} MiB fp32, read + write counted)",

@@ -46,6 +46,11 @@ class Case:
         return f"{self.shape_str}|G{self.groups}|{self.dtype}|{self.layout}"
 
     @property
+    def label(self) -> str:
+        """What progress lines print and --filter matches, e.g. 'large 2x32x64x64x64 G8 bf16 cl3d'."""
+        return f"{self.set} {self.shape_str} G{self.groups} {self.dtype} {self.layout}"
+
+    @property
     def shape_str(self) -> str:
         return "x".join(str(d) for d in self.shape)
 

@@ -112,13 +112,13 @@ def median(samples: list[float]) -> float:
     return statistics.median(samples)
 
 
-def copy_bandwidth(timer, quick: bool) -> tuple[float, int]:
+def copy_bandwidth(timer) -> tuple[float, int]:
     """Median GB/s of dst.copy_(src) on a tensor far larger than the caches (read + write counted).
     Returns (GB/s, bytes of src)."""
     nbytes = COPY_BYTES[timer.device]
     src = torch.full((nbytes // 4,), 1.5, dtype=torch.float32, device=timer.device)
     dst = torch.empty_like(src)
-    policy = RepPolicy(warmup=2, min_reps=10 if quick else 20, max_reps=10 if quick else 20, target_s=0,
+    policy = RepPolicy(warmup=2, min_reps=20, max_reps=20, target_s=0,
                        rounds=1)
     t = median(timer.samples(lambda: dst.copy_(src), policy))
     return 2 * nbytes / t / 1e9, nbytes
