@@ -59,12 +59,27 @@ GN_HOST_DEVICE Moments<acc_t> combine_moments_tree(Moments<acc_t>* partials, int
   return partials[0];
 }
 
+// Moments of one chunk from a first-pass estimate `mean0` of its mean and the sums of
+// d = x - mean0 and d^2 over its `count` elements (corrected two-pass algorithm): exact
+// for constant data (mean == the constant, M2 == 0), accurate whatever the offset.
+template <typename acc_t>
+GN_HOST_DEVICE Moments<acc_t> moments_from_deviations(acc_t count, acc_t mean0, acc_t sum_d, acc_t sum_d2) {
+  Moments<acc_t> m;
+  m.count = count;
+  m.mean = mean0 + sum_d / count;
+  const acc_t m2 = sum_d2 - sum_d * (sum_d / count);
+  m.m2 = m2 < acc_t(0) ? acc_t(0) : m2;  // rounding clamp; NaN passes
+  return m;
+}
+
 // Biased variance (what GroupNorm normalizes with) and reciprocal standard deviation.
 template <typename acc_t>
 GN_HOST_DEVICE acc_t moments_variance(const Moments<acc_t>& m) {
   if (m.count <= acc_t(0)) return acc_t(0);
   const acc_t var = m.m2 / m.count;
-  return var > acc_t(0) ? var : acc_t(0);  // M2 is >= 0 mathematically; guard rounding
+  // M2 is >= 0 mathematically; clamp rounding below zero, but let NaN through so that a
+  // non-finite value poisons its group's statistics instead of vanishing.
+  return var < acc_t(0) ? acc_t(0) : var;
 }
 
 template <typename acc_t>

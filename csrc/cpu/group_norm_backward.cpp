@@ -62,10 +62,8 @@ struct Backward {
                       reduce_t* part_dy_xc) const {
     std::fill(part_dy, part_dy + sh.C, reduce_t(0));
     std::fill(part_dy_xc, part_dy_xc + sh.C, reduce_t(0));
-    for (int64_t s = p.begin(k); s < p.end(k, sh.S); ++s) {
-      const int64_t off = sh.offset(n, 0, s);
-      cpu::loop_grad_sums_row(dy + off, x + off, sh.C, channel_mean, part_dy, part_dy_xc);
-    }
+    const int64_t off = sh.offset(n, 0, p.begin(k));
+    cpu::loop_grad_sums_rows(dy + off, x + off, p.end(k, sh.S) - p.begin(k), sh.C, channel_mean, part_dy, part_dy_xc);
   }
 
   void channel_means(int64_t n, reduce_t* channel_mean) const {
@@ -108,10 +106,11 @@ struct Backward {
     }
   }
 
-  void grad_input_nsc_row(int64_t n, int64_t s, const acc_t* coeffs, int64_t ld, int64_t col0) const {
-    const int64_t o = sh.offset(n, 0, s);
-    cpu::loop_grad_input_row(dy + o, x + o, dx + o, sh.C, coeffs + col0, coeffs + ld + col0, coeffs + 2 * ld + col0,
-                             coeffs + 3 * ld + col0, coeffs + 4 * ld + col0);
+  // dx for rows [s0, s1) of sample n of an NSC tensor.
+  void grad_input_nsc(int64_t n, int64_t s0, int64_t s1, const acc_t* coeffs, int64_t ld, int64_t col0) const {
+    const int64_t o = sh.offset(n, 0, s0);
+    cpu::loop_grad_input_rows(dy + o, x + o, dx + o, s1 - s0, sh.C, coeffs + col0, coeffs + ld + col0,
+                              coeffs + 2 * ld + col0, coeffs + 3 * ld + col0, coeffs + 4 * ld + col0);
   }
 
   void run() const {
@@ -165,12 +164,19 @@ struct Backward {
       for (int64_t g = 0; g < G; ++g) group_coefficients(n, g, coeffs.data(), N * C, n * C + g * D());
     }
     if (ncs) {
-      at::parallel_for(0, N * C * sh.S, kApplyGrainElems,
-                       [&](int64_t b, int64_t e) { grad_input_ncs(b, e, coeffs.data(), N * C, 0); });
+      at::parallel_for(0, N * C * sh.S, kApplyGrainElems, [&](int64_t begin, int64_t end) {
+        cpu::for_blocks_reversed(begin, end, kApplyGrainElems,
+                                 [&](int64_t b, int64_t e) { grad_input_ncs(b, e, coeffs.data(), N * C, 0); });
+      });
       return;
     }
-    at::parallel_for(0, N * sh.S, std::max<int64_t>(1, kApplyGrainElems / C), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) grad_input_nsc_row(r / sh.S, r % sh.S, coeffs.data(), N * C, (r / sh.S) * C);
+    const int64_t grain_rows = std::max<int64_t>(1, kApplyGrainElems / C);
+    at::parallel_for(0, N * sh.S, grain_rows, [&](int64_t begin, int64_t end) {
+      cpu::for_blocks_reversed(begin, end, grain_rows, [&](int64_t r0, int64_t r1) {
+        cpu::for_sample_rows(r0, r1, sh.S, [&](int64_t n, int64_t s0, int64_t s1) {
+          grad_input_nsc(n, s0, s1, coeffs.data(), N * C, n * C);
+        });
+      });
     });
   }
 
@@ -217,7 +223,7 @@ struct Backward {
           }
         }
         for (int64_t g = 0; g < G; ++g) group_coefficients(n, g, coeffs.data(), C, g * D());
-        for (int64_t s = 0; s < sh.S; ++s) grad_input_nsc_row(n, s, coeffs.data(), C, 0);
+        grad_input_nsc(n, 0, sh.S, coeffs.data(), C, 0);
       }
     });
   }

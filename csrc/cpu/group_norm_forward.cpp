@@ -52,11 +52,16 @@ struct Forward {
     reduce_t sum = 0;
     for (int64_t c = g * D(); c < (g + 1) * D(); ++c) sum += cpu::loop_sum(x + sh.offset(n, c, s0), len);
     const reduce_t count = static_cast<reduce_t>(D() * len);
-    const reduce_t mean = sum / count;
-    // Second pass over the chunk while it is in L1: exact deviations from the chunk mean.
-    reduce_t m2 = 0;
-    for (int64_t c = g * D(); c < (g + 1) * D(); ++c) m2 += cpu::loop_sum_sq_dev(x + sh.offset(n, c, s0), len, mean);
-    return Stats{count, mean, m2};
+    const reduce_t mean0 = sum / count;
+    // Second pass over the chunk while it is in L1: deviations from the first-pass mean.
+    reduce_t sum_d = 0, sum_d2 = 0;
+    for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
+      reduce_t d, d2;
+      cpu::loop_sum_dev(x + sh.offset(n, c, s0), len, mean0, &d, &d2);
+      sum_d += d;
+      sum_d2 += d2;
+    }
+    return moments_from_deviations(count, mean0, sum_d, sum_d2);
   }
 
   // Moments of chunk k of every group of sample n, NSC: rows of C channels reduced with
@@ -66,23 +71,26 @@ struct Forward {
     const int64_t C = sh.C, G = sh.groups;
     const int64_t s0 = plan.begin(k), s1 = plan.end(k, sh.S);
     const reduce_t count = static_cast<reduce_t>(D() * (s1 - s0));
+    const T* rows = x + sh.offset(n, 0, s0);
+    // channel_acc holds 2 * C sums: first the values, then deviations and their squares.
+    reduce_t* acc_d = channel_acc.data();
+    reduce_t* acc_d2 = channel_acc.data() + C;
     std::fill(channel_acc.begin(), channel_acc.end(), reduce_t(0));
-    for (int64_t s = s0; s < s1; ++s) cpu::loop_accumulate_row(x + sh.offset(n, 0, s), channel_acc.data(), C);
+    cpu::loop_accumulate_rows(rows, s1 - s0, C, acc_d);
     for (int64_t g = 0; g < G; ++g) {
       reduce_t sum = 0;
-      for (int64_t c = g * D(); c < (g + 1) * D(); ++c) sum += channel_acc[c];
-      out[g * stride].mean = sum / count;
-      std::fill(channel_mean.begin() + g * D(), channel_mean.begin() + (g + 1) * D(), out[g * stride].mean);
+      for (int64_t c = g * D(); c < (g + 1) * D(); ++c) sum += acc_d[c];
+      std::fill(channel_mean.begin() + g * D(), channel_mean.begin() + (g + 1) * D(), sum / count);
     }
-    std::fill(channel_acc.begin(), channel_acc.end(), reduce_t(0));
-    for (int64_t s = s0; s < s1; ++s) {
-      cpu::loop_accumulate_sq_dev_row(x + sh.offset(n, 0, s), channel_acc.data(), channel_mean.data(), C);
-    }
+    std::fill(acc_d, acc_d + C, reduce_t(0));
+    cpu::loop_accumulate_dev_rows(rows, s1 - s0, C, channel_mean.data(), acc_d, acc_d2);
     for (int64_t g = 0; g < G; ++g) {
-      reduce_t m2 = 0;
-      for (int64_t c = g * D(); c < (g + 1) * D(); ++c) m2 += channel_acc[c];
-      out[g * stride].count = count;
-      out[g * stride].m2 = m2;
+      reduce_t sum_d = 0, sum_d2 = 0;
+      for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
+        sum_d += acc_d[c];
+        sum_d2 += acc_d2[c];
+      }
+      out[g * stride] = moments_from_deviations(count, channel_mean[g * D()], sum_d, sum_d2);
     }
   }
 
@@ -132,7 +140,7 @@ struct Forward {
       });
     } else {
       at::parallel_for(0, N * K, 1, [&](int64_t begin, int64_t end) {
-        std::vector<reduce_t> acc(C), mean_c(C);
+        std::vector<reduce_t> acc(2 * C), mean_c(C);
         for (int64_t t = begin; t < end; ++t) {
           chunk_moments_nsc(t / K, t % K, acc, mean_c, partials.data() + (t / K) * G * K + t % K, K);
         }
@@ -140,19 +148,24 @@ struct Forward {
     }
     for (int64_t ng = 0; ng < N * G; ++ng) finalize(ng, partials.data() + ng * K);
     if (ncs) {
-      at::parallel_for(0, N * C * sh.S, kApplyGrainElems, [&](int64_t b, int64_t e) { apply_ncs(b, e); });
+      at::parallel_for(0, N * C * sh.S, kApplyGrainElems, [&](int64_t begin, int64_t end) {
+        cpu::for_blocks_reversed(begin, end, kApplyGrainElems, [&](int64_t b, int64_t e) { apply_ncs(b, e); });
+      });
       return;
     }
     std::vector<acc_t> coeffs(3 * N * C);
     for (int64_t n = 0; n < N; ++n) {
       channel_coefficients(n, &coeffs[n * C], &coeffs[(N + n) * C], &coeffs[(2 * N + n) * C]);
     }
-    at::parallel_for(0, N * sh.S, std::max<int64_t>(1, kApplyGrainElems / C), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t n = r / sh.S;
-        cpu::loop_normalize_row(x + r * C, y + r * C, C, &coeffs[n * C], &coeffs[(N + n) * C],
-                                &coeffs[(2 * N + n) * C]);
-      }
+    const int64_t grain_rows = std::max<int64_t>(1, kApplyGrainElems / C);
+    at::parallel_for(0, N * sh.S, grain_rows, [&](int64_t begin, int64_t end) {
+      cpu::for_blocks_reversed(begin, end, grain_rows, [&](int64_t r0, int64_t r1) {
+        cpu::for_sample_rows(r0, r1, sh.S, [&](int64_t n, int64_t s0, int64_t s1) {
+          const int64_t o = sh.offset(n, 0, s0);
+          cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[n * C], &coeffs[(N + n) * C],
+                                   &coeffs[(2 * N + n) * C]);
+        });
+      });
     });
   }
 
@@ -172,16 +185,14 @@ struct Forward {
     }
     at::parallel_for(0, sh.N, 1, [&](int64_t begin, int64_t end) {
       std::vector<Stats> partials(G * K);
-      std::vector<reduce_t> acc(C), mean_c(C);
+      std::vector<reduce_t> acc(2 * C), mean_c(C);
       std::vector<acc_t> coeffs(3 * C);
       for (int64_t n = begin; n < end; ++n) {
         for (int64_t k = 0; k < K; ++k) chunk_moments_nsc(n, k, acc, mean_c, partials.data() + k, K);
         for (int64_t g = 0; g < G; ++g) finalize(n * G + g, partials.data() + g * K);
         channel_coefficients(n, &coeffs[0], &coeffs[C], &coeffs[2 * C]);
-        for (int64_t s = 0; s < sh.S; ++s) {
-          const int64_t o = sh.offset(n, 0, s);
-          cpu::loop_normalize_row(x + o, y + o, C, &coeffs[0], &coeffs[C], &coeffs[2 * C]);
-        }
+        const int64_t o = sh.offset(n, 0, 0);
+        cpu::loop_normalize_rows(x + o, y + o, sh.S, C, &coeffs[0], &coeffs[C], &coeffs[2 * C]);
       }
     });
   }

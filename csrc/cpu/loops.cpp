@@ -50,21 +50,24 @@ GN_INLINE reduce_t sum_impl(const T* x, int64_t n) {
 }
 
 template <typename T>
-GN_INLINE reduce_t sum_sq_dev_impl(const T* x, int64_t n, reduce_t mean) {
+GN_INLINE void sum_dev_impl(const T* x, int64_t n, reduce_t mean, reduce_t* sum_d, reduce_t* sum_d2) {
   constexpr int L = kLanes<reduce_t>;
-  reduce_t lanes[L] = {};
+  reduce_t lanes_d[L] = {}, lanes_d2[L] = {};
   int64_t i = 0;
   for (; i + L <= n; i += L) {
     for (int l = 0; l < L; ++l) {
       const reduce_t d = load<reduce_t>(x + i + l) - mean;
-      lanes[l] += d * d;
+      lanes_d[l] += d;
+      lanes_d2[l] += d * d;
     }
   }
   for (int l = 0; i < n; ++i, ++l) {
     const reduce_t d = load<reduce_t>(x + i) - mean;
-    lanes[l] += d * d;
+    lanes_d[l] += d;
+    lanes_d2[l] += d * d;
   }
-  return reduce_lanes(lanes);
+  *sum_d = reduce_lanes(lanes_d);
+  *sum_d2 = reduce_lanes(lanes_d2);
 }
 
 // Centre first, then scale: (x - mean) keeps full precision when |mean| >> std, which a
@@ -74,22 +77,32 @@ GN_INLINE void normalize_impl(const T* x, T* y, int64_t n, acc_t mean, acc_t sca
   for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>((load<acc_t>(x + i) - mean) * scale + bias);
 }
 
+// Row loops take many rows per call: NSC rows can be as short as a few channels, where a
+// call per row would cost more than its arithmetic.
 template <typename T, typename acc_t = opmath_t<T>>
-GN_INLINE void normalize_row_impl(const T* x, T* y, int64_t n, const acc_t* mean, const acc_t* scale,
-                                  const acc_t* bias) {
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>((load<acc_t>(x + i) - mean[i]) * scale[i] + bias[i]);
+GN_INLINE void normalize_rows_impl(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean,
+                                   const acc_t* scale, const acc_t* bias) {
+  for (int64_t r = 0; r < rows; ++r, x += C, y += C) {
+    for (int64_t i = 0; i < C; ++i) y[i] = static_cast<T>((load<acc_t>(x + i) - mean[i]) * scale[i] + bias[i]);
+  }
 }
 
 template <typename T>
-GN_INLINE void accumulate_row_impl(const T* x, reduce_t* acc, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) acc[i] += load<reduce_t>(x + i);
+GN_INLINE void accumulate_rows_impl(const T* x, int64_t rows, int64_t C, reduce_t* acc) {
+  for (int64_t r = 0; r < rows; ++r, x += C) {
+    for (int64_t i = 0; i < C; ++i) acc[i] += load<reduce_t>(x + i);
+  }
 }
 
 template <typename T>
-GN_INLINE void accumulate_sq_dev_row_impl(const T* x, reduce_t* acc, const reduce_t* mean, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const reduce_t d = load<reduce_t>(x + i) - mean[i];
-    acc[i] += d * d;
+GN_INLINE void accumulate_dev_rows_impl(const T* x, int64_t rows, int64_t C, const reduce_t* mean,
+                                        reduce_t* acc_d, reduce_t* acc_d2) {
+  for (int64_t r = 0; r < rows; ++r, x += C) {
+    for (int64_t i = 0; i < C; ++i) {
+      const reduce_t d = load<reduce_t>(x + i) - mean[i];
+      acc_d[i] += d;
+      acc_d2[i] += d * d;
+    }
   }
 }
 
@@ -117,12 +130,14 @@ GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, reduce_t mean,
 }
 
 template <typename T>
-GN_INLINE void grad_sums_row_impl(const T* dy, const T* x, int64_t n, const reduce_t* mean,
-                                  reduce_t* sum_dy, reduce_t* sum_dy_xc) {
-  for (int64_t i = 0; i < n; ++i) {
-    const reduce_t g = load<reduce_t>(dy + i);
-    sum_dy[i] += g;
-    sum_dy_xc[i] += g * (load<reduce_t>(x + i) - mean[i]);
+GN_INLINE void grad_sums_rows_impl(const T* dy, const T* x, int64_t rows, int64_t C, const reduce_t* mean,
+                                   reduce_t* sum_dy, reduce_t* sum_dy_xc) {
+  for (int64_t r = 0; r < rows; ++r, x += C, dy += C) {
+    for (int64_t i = 0; i < C; ++i) {
+      const reduce_t g = load<reduce_t>(dy + i);
+      sum_dy[i] += g;
+      sum_dy_xc[i] += g * (load<reduce_t>(x + i) - mean[i]);
+    }
   }
 }
 
@@ -136,12 +151,14 @@ GN_INLINE void grad_input_impl(const T* dy, const T* x, T* dx, int64_t n, acc_t 
 }
 
 template <typename T, typename acc_t = opmath_t<T>>
-GN_INLINE void grad_input_row_impl(const T* dy, const T* x, T* dx, int64_t n, const acc_t* a,
-                                   const acc_t* mean, const acc_t* rstd, const acc_t* kxhat,
-                                   const acc_t* kc) {
-  for (int64_t i = 0; i < n; ++i) {
-    const acc_t xhat = (load<acc_t>(x + i) - mean[i]) * rstd[i];
-    dx[i] = static_cast<T>(a[i] * load<acc_t>(dy + i) + xhat * kxhat[i] + kc[i]);
+GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, const acc_t* a,
+                                    const acc_t* mean, const acc_t* rstd, const acc_t* kxhat,
+                                    const acc_t* kc) {
+  for (int64_t r = 0; r < rows; ++r, x += C, dy += C, dx += C) {
+    for (int64_t i = 0; i < C; ++i) {
+      const acc_t xhat = (load<acc_t>(x + i) - mean[i]) * rstd[i];
+      dx[i] = static_cast<T>(a[i] * load<acc_t>(dy + i) + xhat * kxhat[i] + kc[i]);
+    }
   }
 }
 
@@ -149,42 +166,46 @@ GN_INLINE void grad_input_row_impl(const T* dy, const T* x, T* dx, int64_t n, co
 
 #define GN_DEFINE_LOOPS(T)                                                                     \
   GN_CLONES reduce_t loop_sum(const T* x, int64_t n) { return sum_impl(x, n); }                \
-  GN_CLONES reduce_t loop_sum_sq_dev(const T* x, int64_t n, reduce_t mean) {                   \
-    return sum_sq_dev_impl(x, n, mean);                                                        \
+  GN_CLONES void loop_sum_dev(const T* x, int64_t n, reduce_t mean, reduce_t* sum_d,           \
+                             reduce_t* sum_d2) {                                               \
+    sum_dev_impl(x, n, mean, sum_d, sum_d2);                                                   \
   }                                                                                            \
   GN_CLONES void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean,                 \
                                 opmath_t<T> scale, opmath_t<T> bias) {                         \
     normalize_impl(x, y, n, mean, scale, bias);                                                \
   }                                                                                            \
-  GN_CLONES void loop_normalize_row(const T* x, T* y, int64_t n, const opmath_t<T>* mean,      \
-                                    const opmath_t<T>* scale, const opmath_t<T>* bias) {       \
-    normalize_row_impl(x, y, n, mean, scale, bias);                                            \
+  GN_CLONES void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C,                \
+                                     const opmath_t<T>* mean, const opmath_t<T>* scale,        \
+                                     const opmath_t<T>* bias) {                                \
+    normalize_rows_impl(x, y, rows, C, mean, scale, bias);                                     \
   }                                                                                            \
-  GN_CLONES void loop_accumulate_row(const T* x, reduce_t* acc, int64_t n) {                   \
-    accumulate_row_impl(x, acc, n);                                                            \
+  GN_CLONES void loop_accumulate_rows(const T* x, int64_t rows, int64_t C, reduce_t* acc) {    \
+    accumulate_rows_impl(x, rows, C, acc);                                                     \
   }                                                                                            \
-  GN_CLONES void loop_accumulate_sq_dev_row(const T* x, reduce_t* acc, const reduce_t* mean,   \
-                                            int64_t n) {                                       \
-    accumulate_sq_dev_row_impl(x, acc, mean, n);                                               \
+  GN_CLONES void loop_accumulate_dev_rows(const T* x, int64_t rows, int64_t C,                 \
+                                          const reduce_t* mean, reduce_t* acc_d,               \
+                                          reduce_t* acc_d2) {                                  \
+    accumulate_dev_rows_impl(x, rows, C, mean, acc_d, acc_d2);                                 \
   }                                                                                            \
   GN_CLONES void loop_grad_sums(const T* dy, const T* x, int64_t n, reduce_t mean,             \
                                 reduce_t* sum_dy, reduce_t* sum_dy_xc) {                       \
     grad_sums_impl(dy, x, n, mean, sum_dy, sum_dy_xc);                                         \
   }                                                                                            \
-  GN_CLONES void loop_grad_sums_row(const T* dy, const T* x, int64_t n, const reduce_t* mean,  \
-                                    reduce_t* sum_dy, reduce_t* sum_dy_xc) {                   \
-    grad_sums_row_impl(dy, x, n, mean, sum_dy, sum_dy_xc);                                     \
+  GN_CLONES void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C,        \
+                                     const reduce_t* mean, reduce_t* sum_dy,                   \
+                                     reduce_t* sum_dy_xc) {                                    \
+    grad_sums_rows_impl(dy, x, rows, C, mean, sum_dy, sum_dy_xc);                              \
   }                                                                                            \
   GN_CLONES void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,     \
                                  opmath_t<T> mean, opmath_t<T> rstd, opmath_t<T> kxhat,        \
                                  opmath_t<T> kc) {                                             \
     grad_input_impl(dy, x, dx, n, a, mean, rstd, kxhat, kc);                                   \
   }                                                                                            \
-  GN_CLONES void loop_grad_input_row(const T* dy, const T* x, T* dx, int64_t n,                \
-                                     const opmath_t<T>* a, const opmath_t<T>* mean,            \
-                                     const opmath_t<T>* rstd, const opmath_t<T>* kxhat,        \
-                                     const opmath_t<T>* kc) {                                  \
-    grad_input_row_impl(dy, x, dx, n, a, mean, rstd, kxhat, kc);                               \
+  GN_CLONES void loop_grad_input_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, \
+                                      const opmath_t<T>* a, const opmath_t<T>* mean,           \
+                                      const opmath_t<T>* rstd, const opmath_t<T>* kxhat,       \
+                                      const opmath_t<T>* kc) {                                 \
+    grad_input_rows_impl(dy, x, dx, rows, C, a, mean, rstd, kxhat, kc);                        \
   }
 
 GN_DEFINE_LOOPS(float)

@@ -28,34 +28,36 @@ using reduce_t = double;
 #define GN_DECLARE_LOOPS(T)                                                                  \
   /* sum of x[0..n) */                                                                       \
   reduce_t loop_sum(const T* x, int64_t n);                                                  \
-  /* sum of (x - mean)^2 over x[0..n) */                                                     \
-  reduce_t loop_sum_sq_dev(const T* x, int64_t n, reduce_t mean);                            \
+  /* sums of d = x - mean and of d^2 over x[0..n) (corrected two-pass moments) */            \
+  void loop_sum_dev(const T* x, int64_t n, reduce_t mean, reduce_t* sum_d, reduce_t* sum_d2); \
   /* y = (x - mean) * scale + bias, one coefficient set for the run (NCS apply) */          \
   void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean, opmath_t<T> scale,      \
                       opmath_t<T> bias);                                                     \
-  /* y[i] = (x[i] - mean[i]) * scale[i] + bias[i] (NSC apply: one row of channels) */        \
-  void loop_normalize_row(const T* x, T* y, int64_t n, const opmath_t<T>* mean,              \
-                          const opmath_t<T>* scale, const opmath_t<T>* bias);                \
-  /* acc[i] += x[i] */                                                                       \
-  void loop_accumulate_row(const T* x, reduce_t* acc, int64_t n);                            \
-  /* acc[i] += (x[i] - mean[i])^2 */                                                         \
-  void loop_accumulate_sq_dev_row(const T* x, reduce_t* acc, const reduce_t* mean,           \
-                                  int64_t n);                                                \
+  /* NSC apply over `rows` rows of C channels: y[r, c] = (x[r, c] - mean[c]) * scale[c]      \
+     + bias[c] */                                                                            \
+  void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const opmath_t<T>* mean, \
+                           const opmath_t<T>* scale, const opmath_t<T>* bias);               \
+  /* per-channel sums over rows: acc[c] += x[r, c] */                                        \
+  void loop_accumulate_rows(const T* x, int64_t rows, int64_t C, reduce_t* acc);             \
+  /* with d = x[r, c] - mean[c]: acc_d[c] += d, acc_d2[c] += d^2 */                          \
+  void loop_accumulate_dev_rows(const T* x, int64_t rows, int64_t C, const reduce_t* mean,   \
+                                reduce_t* acc_d, reduce_t* acc_d2);                          \
   /* sums of dy and of dy * (x - mean) over a run */                                         \
   void loop_grad_sums(const T* dy, const T* x, int64_t n, reduce_t mean, reduce_t* sum_dy,   \
                       reduce_t* sum_dy_xc);                                                  \
-  /* per-channel sums: sum_dy[i] += dy[i]; sum_dy_xc[i] += dy[i] * (x[i] - mean[i]) */       \
-  void loop_grad_sums_row(const T* dy, const T* x, int64_t n, const reduce_t* mean,          \
-                          reduce_t* sum_dy, reduce_t* sum_dy_xc);                            \
+  /* per-channel sums over rows: sum_dy[c] += dy[r, c]; sum_dy_xc[c] += dy * (x - mean[c]) */ \
+  void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C,                 \
+                           const reduce_t* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc);     \
   /* dx = a * dy + ((x - mean) * rstd) * kxhat + kc, one coefficient set for the run.       \
      xhat is formed first so no coefficient needs rstd^2 or rstd^3 (they underflow). */     \
   void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,             \
                        opmath_t<T> mean, opmath_t<T> rstd, opmath_t<T> kxhat,                \
                        opmath_t<T> kc);                                                      \
-  /* the same with per-element coefficients (NSC: one row of channels) */                    \
-  void loop_grad_input_row(const T* dy, const T* x, T* dx, int64_t n, const opmath_t<T>* a,  \
-                           const opmath_t<T>* mean, const opmath_t<T>* rstd,                 \
-                           const opmath_t<T>* kxhat, const opmath_t<T>* kc);
+  /* the same over `rows` rows of C channels with per-channel coefficients (NSC) */          \
+  void loop_grad_input_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,         \
+                            const opmath_t<T>* a, const opmath_t<T>* mean,                   \
+                            const opmath_t<T>* rstd, const opmath_t<T>* kxhat,               \
+                            const opmath_t<T>* kc);
 
 GN_DECLARE_LOOPS(float)
 GN_DECLARE_LOOPS(double)

@@ -33,5 +33,28 @@ inline bool balances_threads(int64_t tasks) {
   return tasks >= threads && (tasks % threads == 0 || tasks >= 4 * threads);
 }
 
+// Visits [begin, end) in blocks of `block`, last block first. An elementwise pass that
+// follows a reduction pass over the same data then starts with what that pass read last,
+// which is still in the last-level cache (each thread gets the same part of the range in
+// both passes, so this holds per thread).
+template <typename F>
+void for_blocks_reversed(int64_t begin, int64_t end, int64_t block, const F& f) {
+  for (int64_t hi = end; hi > begin;) {
+    const int64_t lo = std::max(begin, hi - block);
+    f(lo, hi);
+    hi = lo;
+  }
+}
+
+// Splits rows [r0, r1) of an (N, S) row space at sample boundaries: f(n, s0, s1).
+template <typename F>
+void for_sample_rows(int64_t r0, int64_t r1, int64_t S, const F& f) {
+  while (r0 < r1) {
+    const int64_t n = r0 / S, s0 = r0 % S, s1 = std::min(S, s0 + (r1 - r0));
+    f(n, s0, s1);
+    r0 += s1 - s0;
+  }
+}
+
 }  // namespace cpu
 }  // namespace groupnorm_ext
