@@ -112,9 +112,17 @@ class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
   }
 };
 
+bool requires_grad(const OptionalTensor& t) { return t.has_value() && t->defined() && t->requires_grad(); }
+
 Tensor group_norm_autograd(const Tensor& input, int64_t num_groups, const OptionalTensor& weight,
                            const OptionalTensor& bias, double eps, std::string_view activation) {
-  return GroupNormFunction::apply(input, num_groups, weight, bias, eps, activation);
+  if (at::GradMode::is_enabled() && (input.requires_grad() || requires_grad(weight) || requires_grad(bias))) {
+    return GroupNormFunction::apply(input, num_groups, weight, bias, eps, activation);
+  }
+  // Nothing to differentiate (inference, no_grad): skip the autograd node and the saved
+  // tensors, straight to the kernel.
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return std::get<0>(call_forward(input, num_groups, weight, bias, eps, activation));
 }
 
 }  // namespace

@@ -125,7 +125,7 @@ struct Backward {
     const int64_t K = p.num_chunks;
     if (ncs) {
       std::vector<reduce_t> part(2 * N * C * K);  // (n * C + c) * K + k, then the same for dy * xc
-      at::parallel_for(0, N * C * K, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N * C * K, cpu::grain_for(2 * p.chunk_spatial), [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) chunk_sums_ncs(p, t / K / C, t / K % C, t % K, &part[t], &part[N * C * K + t]);
       });
       for (int64_t nc = 0; nc < N * C; ++nc) {
@@ -139,7 +139,7 @@ struct Backward {
       }
     } else {
       std::vector<reduce_t> part(2 * N * K * C);  // ((n * K + k) * C + c), then dy * xc
-      at::parallel_for(0, N * K, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N * K, cpu::grain_for(2 * C * p.chunk_spatial), [&](int64_t begin, int64_t end) {
         std::vector<reduce_t> channel_mean(C);
         for (int64_t t = begin; t < end; ++t) {
           channel_means(t / K, channel_mean.data());
@@ -183,7 +183,7 @@ struct Backward {
   void run_fused_ncs() const {
     const ChunkPlan p = plan();
     const int64_t K = p.num_chunks, G = sh.groups, C = sh.C;
-    at::parallel_for(0, sh.N * G, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, sh.N * G, cpu::grain_for(2 * D() * sh.S), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> coeffs(5 * D());
       for (int64_t ng = begin; ng < end; ++ng) {
         const int64_t n = ng / G, g = ng % G;
@@ -208,7 +208,7 @@ struct Backward {
   void run_fused_nsc() const {
     const ChunkPlan p = plan();
     const int64_t K = p.num_chunks, G = sh.groups, C = sh.C;
-    at::parallel_for(0, sh.N, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, sh.N, cpu::grain_for(2 * C * sh.S), [&](int64_t begin, int64_t end) {
       std::vector<reduce_t> channel_mean(C), part(2 * C);
       std::vector<acc_t> coeffs(5 * C);
       for (int64_t n = begin; n < end; ++n) {

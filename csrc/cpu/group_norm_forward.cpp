@@ -135,11 +135,11 @@ struct Forward {
     }
     std::vector<Stats> partials(N * G * K);  // ((n * G) + g) * K + k
     if (ncs) {
-      at::parallel_for(0, N * G * K, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N * G * K, cpu::grain_for(D() * plan.chunk_spatial), [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) partials[t] = chunk_moments_ncs(t / K / G, t / K % G, t % K);
       });
     } else {
-      at::parallel_for(0, N * K, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N * K, cpu::grain_for(C * plan.chunk_spatial), [&](int64_t begin, int64_t end) {
         std::vector<reduce_t> acc(2 * C), mean_c(C);
         for (int64_t t = begin; t < end; ++t) {
           chunk_moments_nsc(t / K, t % K, acc, mean_c, partials.data() + (t / K) * G * K + t % K, K);
@@ -172,7 +172,7 @@ struct Forward {
   void run_fused() const {
     const int64_t G = sh.groups, K = plan.num_chunks, C = sh.C;
     if (sh.order == MemoryOrder::NCS) {
-      at::parallel_for(0, sh.N * G, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, sh.N * G, cpu::grain_for(D() * sh.S), [&](int64_t begin, int64_t end) {
         std::vector<Stats> partials(K);
         for (int64_t ng = begin; ng < end; ++ng) {
           for (int64_t k = 0; k < K; ++k) partials[k] = chunk_moments_ncs(ng / G, ng % G, k);
@@ -183,7 +183,7 @@ struct Forward {
       });
       return;
     }
-    at::parallel_for(0, sh.N, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, sh.N, cpu::grain_for(C * sh.S), [&](int64_t begin, int64_t end) {
       std::vector<Stats> partials(G * K);
       std::vector<reduce_t> acc(2 * C), mean_c(C);
       std::vector<acc_t> coeffs(3 * C);

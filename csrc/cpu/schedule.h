@@ -33,6 +33,15 @@ inline bool balances_threads(int64_t tasks) {
   return tasks >= threads && (tasks % threads == 0 || tasks >= 4 * threads);
 }
 
+// Elements a parallel task should hold at least: below that, waking threads costs more
+// than the work (tiny tensors then run inline on the calling thread).
+constexpr int64_t kMinTaskElems = 16384;
+
+// parallel_for grain for tasks of `elems_per_task` elements each.
+inline int64_t grain_for(int64_t elems_per_task) {
+  return std::max<int64_t>(1, kMinTaskElems / std::max<int64_t>(1, elems_per_task));
+}
+
 // Visits [begin, end) in blocks of `block`, last block first. An elementwise pass that
 // follows a reduction pass over the same data then starts with what that pass read last,
 // which is still in the last-level cache (each thread gets the same part of the range in
