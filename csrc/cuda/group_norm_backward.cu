@@ -16,6 +16,8 @@ namespace {
 
 template <typename T>
 using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
+// Gradient sums and coefficients in double, as on the CPU.
+using reduce_t = double;
 
 constexpr int kSumThreads = 256;
 constexpr int kApplyThreads = 256;
@@ -24,20 +26,20 @@ constexpr int kApplyThreads = 256;
 template <typename T, typename acc_t = acc_type<T>>
 __global__ void channel_chunk_sums_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                           const acc_t* __restrict__ mean, GroupNormShape sh,
-                                          ChunkPlan plan, acc_t* __restrict__ part_dy,
-                                          acc_t* __restrict__ part_dy_xc) {
-  __shared__ acc_t shared[2 * cuda::kWarpSize];
+                                          ChunkPlan plan, reduce_t* __restrict__ part_dy,
+                                          reduce_t* __restrict__ part_dy_xc) {
+  __shared__ reduce_t shared[2 * cuda::kWarpSize];
   const int64_t K = plan.num_chunks;
   const int64_t task = blockIdx.x;  // (n * C + c) * K + k
   const int64_t k = task % K, nc = task / K;
   const int64_t n = nc / sh.C, c = nc % sh.C;
-  const acc_t mu = mean[n * sh.groups + c / sh.channels_per_group()];
-  acc_t sum_dy = 0, sum_dy_xc = 0;
+  const reduce_t mu = mean[n * sh.groups + c / sh.channels_per_group()];
+  reduce_t sum_dy = 0, sum_dy_xc = 0;
   for (int64_t s = plan.begin(k) + threadIdx.x; s < plan.end(k, sh.S); s += blockDim.x) {
     const int64_t off = sh.offset(n, c, s);
-    const acc_t g = static_cast<acc_t>(dy[off]);
+    const reduce_t g = static_cast<reduce_t>(dy[off]);
     sum_dy += g;
-    sum_dy_xc += g * (static_cast<acc_t>(x[off]) - mu);
+    sum_dy_xc += g * (static_cast<reduce_t>(x[off]) - mu);
   }
   cuda::block_sum2(sum_dy, sum_dy_xc, shared);
   if (threadIdx.x == 0) {
@@ -47,58 +49,59 @@ __global__ void channel_chunk_sums_kernel(const T* __restrict__ dy, const T* __r
 }
 
 // One thread per (n, g): per-channel sums over chunks (in chunk order), then the grad_input
-// coefficients kx (of x - mean) and kc of the group.
+// coefficients of the group: dx = rstd * w * dy + xhat * kxhat + kc. xhat is formed per
+// element, so no coefficient needs rstd^2 or rstd^3 (they underflow for large inputs).
 template <typename acc_t>
-__global__ void group_coefficients_kernel(const acc_t* __restrict__ part_dy,
-                                          const acc_t* __restrict__ part_dy_xc, int64_t K,
+__global__ void group_coefficients_kernel(const reduce_t* __restrict__ part_dy,
+                                          const reduce_t* __restrict__ part_dy_xc, int64_t K,
                                           GroupNormShape sh, const acc_t* __restrict__ rstd,
                                           const acc_t* __restrict__ weight,
-                                          acc_t* __restrict__ sum_dy, acc_t* __restrict__ sum_dy_xc,
-                                          acc_t* __restrict__ kx, acc_t* __restrict__ kc) {
+                                          reduce_t* __restrict__ sum_dy, reduce_t* __restrict__ sum_dy_xc,
+                                          acc_t* __restrict__ kxhat, acc_t* __restrict__ kc) {
   const int64_t ng = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (ng >= sh.N * sh.groups) return;
   const int64_t n = ng / sh.groups, g = ng % sh.groups, D = sh.channels_per_group();
-  acc_t sum_dxhat = 0, sum_dxhat_xc = 0;
+  reduce_t sum_dxhat = 0, sum_dxhat_xc = 0;
   for (int64_t c = g * D; c < (g + 1) * D; ++c) {
-    acc_t a = 0, b = 0;
+    reduce_t a = 0, b = 0;
     for (int64_t k = 0; k < K; ++k) {
       a += part_dy[(n * sh.C + c) * K + k];
       b += part_dy_xc[(n * sh.C + c) * K + k];
     }
     sum_dy[n * sh.C + c] = a;
     sum_dy_xc[n * sh.C + c] = b;
-    const acc_t w = weight ? weight[c] : acc_t(1);
+    const reduce_t w = weight ? static_cast<reduce_t>(weight[c]) : reduce_t(1);
     sum_dxhat += w * a;
     sum_dxhat_xc += w * b;
   }
-  const acc_t r = rstd[ng];
-  const acc_t inv_m = acc_t(1) / static_cast<acc_t>(D * sh.S);
-  kx[ng] = -r * r * r * sum_dxhat_xc * inv_m;
-  kc[ng] = -r * sum_dxhat * inv_m;
+  const reduce_t r = rstd[ng];
+  const reduce_t inv_m = reduce_t(1) / static_cast<reduce_t>(D * sh.S);
+  kxhat[ng] = static_cast<acc_t>(-r * (r * sum_dxhat_xc) * inv_m);
+  kc[ng] = static_cast<acc_t>(-r * sum_dxhat * inv_m);
 }
 
 // One thread per channel: sums over the batch in order n = 0, 1, ...
 template <typename acc_t>
-__global__ void param_grads_kernel(const acc_t* __restrict__ sum_dy, const acc_t* __restrict__ sum_dy_xc,
+__global__ void param_grads_kernel(const reduce_t* __restrict__ sum_dy, const reduce_t* __restrict__ sum_dy_xc,
                                    const acc_t* __restrict__ rstd, GroupNormShape sh,
-                                   acc_t* __restrict__ grad_weight, acc_t* __restrict__ grad_bias) {
+                                   reduce_t* __restrict__ grad_weight, reduce_t* __restrict__ grad_bias) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= sh.C) return;
   const int64_t g = c / sh.channels_per_group();
-  acc_t gw = 0, gb = 0;
+  reduce_t gw = 0, gb = 0;
   for (int64_t n = 0; n < sh.N; ++n) {
-    gw += sum_dy_xc[n * sh.C + c] * rstd[n * sh.groups + g];
+    gw += sum_dy_xc[n * sh.C + c] * static_cast<reduce_t>(rstd[n * sh.groups + g]);
     gb += sum_dy[n * sh.C + c];
   }
-  if (grad_weight) grad_weight[c] = gw;
-  if (grad_bias) grad_bias[c] = gb;
+  grad_weight[c] = gw;
+  grad_bias[c] = gb;
 }
 
 template <typename T, typename acc_t = acc_type<T>>
 __global__ void grad_input_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx,
                                   GroupNormShape sh, const acc_t* __restrict__ mean,
                                   const acc_t* __restrict__ rstd, const acc_t* __restrict__ weight,
-                                  const acc_t* __restrict__ kx, const acc_t* __restrict__ kc) {
+                                  const acc_t* __restrict__ kxhat, const acc_t* __restrict__ kc) {
   const int64_t total = sh.numel();
   const int64_t D = sh.channels_per_group();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -107,8 +110,8 @@ __global__ void grad_input_kernel(const T* __restrict__ dy, const T* __restrict_
     element_nc(sh, i, &n, &c);
     const int64_t ng = n * sh.groups + c / D;
     const acc_t a = rstd[ng] * (weight ? weight[c] : acc_t(1));
-    dx[i] = static_cast<T>(a * static_cast<acc_t>(dy[i]) +
-                           kx[ng] * (static_cast<acc_t>(x[i]) - mean[ng]) + kc[ng]);
+    const acc_t xhat = (static_cast<acc_t>(x[i]) - mean[ng]) * rstd[ng];
+    dx[i] = static_cast<T>(a * static_cast<acc_t>(dy[i]) + xhat * kxhat[ng] + kc[ng]);
   }
 }
 
@@ -133,25 +136,26 @@ void backward_impl(const BackwardProblem& bp, Tensor& grad_input, Tensor& grad_w
   const T* x = p.input.const_data_ptr<T>();
   const T* dy = bp.grad_out.const_data_ptr<T>();
 
-  Tensor part = at::empty({2, NC * K}, acc_opts);
+  const auto reduce_opts = acc_opts.dtype(at::kDouble);
+  Tensor part = at::empty({2, NC * K}, reduce_opts);
   TORCH_CHECK(NC * K <= INT32_MAX, "group_norm_backward (CUDA): too many chunks (", NC * K, ")");
   channel_chunk_sums_kernel<T><<<static_cast<unsigned>(NC * K), kSumThreads, 0, stream>>>(
-      dy, x, mean, sh, plan, part[0].mutable_data_ptr<acc_t>(), part[1].mutable_data_ptr<acc_t>());
+      dy, x, mean, sh, plan, part[0].mutable_data_ptr<reduce_t>(), part[1].mutable_data_ptr<reduce_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  Tensor sums = at::empty({2, NC}, acc_opts);
+  Tensor sums = at::empty({2, NC}, reduce_opts);
   Tensor coeffs = at::empty({2, NG}, acc_opts);
   group_coefficients_kernel<acc_t><<<blocks_for(NG, 128), 128, 0, stream>>>(
-      part[0].const_data_ptr<acc_t>(), part[1].const_data_ptr<acc_t>(), K, sh, rstd, w_ptr,
-      sums[0].mutable_data_ptr<acc_t>(), sums[1].mutable_data_ptr<acc_t>(),
+      part[0].const_data_ptr<reduce_t>(), part[1].const_data_ptr<reduce_t>(), K, sh, rstd, w_ptr,
+      sums[0].mutable_data_ptr<reduce_t>(), sums[1].mutable_data_ptr<reduce_t>(),
       coeffs[0].mutable_data_ptr<acc_t>(), coeffs[1].mutable_data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   if (grad_weight.defined() || grad_bias.defined()) {
-    Tensor gw = at::empty({sh.C}, acc_opts), gb = at::empty({sh.C}, acc_opts);
+    Tensor gw = at::empty({sh.C}, reduce_opts), gb = at::empty({sh.C}, reduce_opts);
     param_grads_kernel<acc_t><<<blocks_for(sh.C, 128), 128, 0, stream>>>(
-        sums[0].const_data_ptr<acc_t>(), sums[1].const_data_ptr<acc_t>(), rstd, sh,
-        gw.mutable_data_ptr<acc_t>(), gb.mutable_data_ptr<acc_t>());
+        sums[0].const_data_ptr<reduce_t>(), sums[1].const_data_ptr<reduce_t>(), rstd, sh,
+        gw.mutable_data_ptr<reduce_t>(), gb.mutable_data_ptr<reduce_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (grad_weight.defined()) grad_weight.copy_(gw);
     if (grad_bias.defined()) grad_bias.copy_(gb);

@@ -23,36 +23,53 @@ using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
 constexpr int kStatsThreads = 256;
 constexpr int kApplyThreads = 256;
 
-template <typename T, typename acc_t = acc_type<T>>
+// Statistics are reduced in double, as on the CPU: (x - mean)^2 cannot overflow for
+// |x| ~ 1e30 float input, and the kernel is memory-bound either way.
+using reduce_t = double;
+
+// Moments of one chunk by the corrected two-pass algorithm (plan.h,
+// moments_from_deviations): the block sums the chunk, then the deviations from that
+// first mean; the second read of the ~8K-element chunk hits L1/L2.
+template <typename T>
 __global__ void chunk_moments_kernel(const T* __restrict__ x, GroupNormShape sh, ChunkPlan plan,
-                                     Moments<acc_t>* __restrict__ partials) {
-  __shared__ Moments<acc_t> shared[kStatsThreads / cuda::kWarpSize];
+                                     Moments<reduce_t>* __restrict__ partials) {
+  __shared__ reduce_t shared[2 * cuda::kWarpSize];
+  __shared__ reduce_t mean0_shared;
   const int64_t K = plan.num_chunks;
   const int64_t task = blockIdx.x;  // ((n * G) + g) * K + k
   const int64_t k = task % K, ng = task / K;
   const int64_t n = ng / sh.groups, g = ng % sh.groups;
   const int64_t count = chunk_elems(sh, plan, k);
-  Moments<acc_t> m = empty_moments<acc_t>();
+  reduce_t sum = 0, unused = 0;
   for (int64_t e = threadIdx.x; e < count; e += blockDim.x) {
-    const acc_t v = static_cast<acc_t>(x[chunk_element_offset(sh, plan, n, g, k, e)]);
-    m.count += acc_t(1);
-    const acc_t delta = v - m.mean;
-    m.mean += delta / m.count;
-    m.m2 += delta * (v - m.mean);
+    sum += static_cast<reduce_t>(x[chunk_element_offset(sh, plan, n, g, k, e)]);
   }
-  m = cuda::block_combine_moments(m, shared);
-  if (threadIdx.x == 0) partials[task] = m;
+  cuda::block_sum2(sum, unused, shared);
+  if (threadIdx.x == 0) mean0_shared = sum / static_cast<reduce_t>(count);
+  __syncthreads();
+  const reduce_t mean0 = mean0_shared;
+  reduce_t sum_d = 0, sum_d2 = 0;
+  for (int64_t e = threadIdx.x; e < count; e += blockDim.x) {
+    const reduce_t d = static_cast<reduce_t>(x[chunk_element_offset(sh, plan, n, g, k, e)]) - mean0;
+    sum_d += d;
+    sum_d2 += d * d;
+  }
+  __syncthreads();  // `shared` is reused
+  cuda::block_sum2(sum_d, sum_d2, shared);
+  if (threadIdx.x == 0) {
+    partials[task] = moments_from_deviations(static_cast<reduce_t>(count), mean0, sum_d, sum_d2);
+  }
 }
 
 template <typename acc_t>
-__global__ void finalize_stats_kernel(Moments<acc_t>* __restrict__ partials, int64_t num_slabs,
-                                      int64_t K, acc_t eps, acc_t* __restrict__ mean,
+__global__ void finalize_stats_kernel(Moments<reduce_t>* __restrict__ partials, int64_t num_slabs,
+                                      int64_t K, reduce_t eps, acc_t* __restrict__ mean,
                                       acc_t* __restrict__ rstd) {
   const int64_t ng = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (ng >= num_slabs) return;
-  const Moments<acc_t> m = combine_moments_tree(partials + ng * K, K);
-  mean[ng] = m.mean;
-  rstd[ng] = rstd_from_variance(moments_variance(m), eps);
+  const Moments<reduce_t> m = combine_moments_tree(partials + ng * K, K);
+  mean[ng] = static_cast<acc_t>(m.mean);
+  rstd[ng] = static_cast<acc_t>(rstd_from_variance(moments_variance(m), eps));
 }
 
 template <typename T, typename acc_t = acc_type<T>>
@@ -85,9 +102,9 @@ void forward_impl(const ForwardProblem& p, double eps, Tensor& out, Tensor& mean
   const int64_t slabs = sh.N * sh.groups;
   const int64_t tasks = slabs * plan.num_chunks;
   auto stream = at::cuda::getCurrentCUDAStream();
-  Tensor partials = at::empty({tasks * static_cast<int64_t>(sizeof(Moments<acc_t>))},
+  Tensor partials = at::empty({tasks * static_cast<int64_t>(sizeof(Moments<reduce_t>))},
                               p.input.options().dtype(at::kByte));
-  auto* partials_ptr = reinterpret_cast<Moments<acc_t>*>(partials.data_ptr());
+  auto* partials_ptr = reinterpret_cast<Moments<reduce_t>*>(partials.data_ptr());
   if (tasks > 0) {
     TORCH_CHECK(tasks <= INT32_MAX, "group_norm_forward (CUDA): too many chunks (", tasks, ")");
     chunk_moments_kernel<T><<<static_cast<unsigned>(tasks), kStatsThreads, 0, stream>>>(
@@ -96,7 +113,7 @@ void forward_impl(const ForwardProblem& p, double eps, Tensor& out, Tensor& mean
   }
   const int threads = 128;
   finalize_stats_kernel<acc_t><<<static_cast<unsigned>((slabs + threads - 1) / threads), threads, 0, stream>>>(
-      partials_ptr, slabs, plan.num_chunks, static_cast<acc_t>(eps), mean.mutable_data_ptr<acc_t>(),
+      partials_ptr, slabs, plan.num_chunks, static_cast<reduce_t>(eps), mean.mutable_data_ptr<acc_t>(),
       rstd.mutable_data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (sh.numel() == 0) return;
