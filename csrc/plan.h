@@ -111,19 +111,20 @@ struct GroupNormShape {
 };
 
 // ---------------------------------------------------------------------------------
-// Chunking. A slab is cut along the spatial axis into chunks of `chunk_spatial`
-// positions; each chunk covers all channels of its group (NCS) or of all groups (NSC)
-// for that spatial range. The chunk size depends only on the shape — never on the
-// number of threads or blocks — so results are bitwise identical whatever executes
-// them.
+// Chunking. A slab is cut into chunks along its memory order. An NCS slab is one
+// contiguous run of D * S elements, cut into runs of `chunk_len` elements. An NSC slab is
+// cut along the spatial axis into chunks of `chunk_len` rows; a chunk there covers all C
+// channels of its rows, so it reduces every group of the sample at once. The chunk size
+// depends only on the shape, never on the number of threads or blocks, so results are
+// bitwise identical whatever executes them.
 struct ChunkPlan {
-  int64_t chunk_spatial;  // spatial positions per chunk
-  int64_t num_chunks;     // chunks per slab: ceil(S / chunk_spatial)
+  int64_t chunk_len;   // units per chunk: elements (NCS) or spatial rows (NSC)
+  int64_t num_chunks;  // chunks per slab: ceil(length / chunk_len)
 
-  GN_HOST_DEVICE int64_t begin(int64_t k) const { return k * chunk_spatial; }
-  GN_HOST_DEVICE int64_t end(int64_t k, int64_t S) const {
-    const int64_t e = (k + 1) * chunk_spatial;
-    return e < S ? e : S;
+  GN_HOST_DEVICE int64_t begin(int64_t k) const { return k * chunk_len; }
+  GN_HOST_DEVICE int64_t end(int64_t k, int64_t length) const {
+    const int64_t e = (k + 1) * chunk_len;
+    return e < length ? e : length;
   }
 };
 
@@ -133,45 +134,45 @@ struct ChunkPlan {
 // combine cost nothing against the data.
 constexpr int64_t kChunkTargetElems = 8192;
 
-// `elems_per_position` is how many elements of the tensor one spatial position of one
-// chunk touches: channels_per_group for NCS (one group at a time), C for NSC (the chunk
-// reduces every group at once, reading whole rows of C channels).
-// `max_chunks` bounds the chunk count when each chunk's partial is large (a row of C
-// per-channel sums in the channels-last backward).
-GN_HOST_DEVICE ChunkPlan make_chunk_plan(int64_t S, int64_t elems_per_position,
+// Chunks over `length` units of `elems_per_unit` tensor elements each. `max_chunks`
+// bounds the chunk count when each chunk's partial is large (a row of C per-channel sums
+// in the channels-last backward).
+GN_HOST_DEVICE ChunkPlan make_chunk_plan(int64_t length, int64_t elems_per_unit,
                                          int64_t max_chunks = INT64_MAX) {
   ChunkPlan plan;
-  int64_t per = elems_per_position > 0 ? elems_per_position : 1;
-  int64_t cs = kChunkTargetElems / per;
-  if (cs < 1) cs = 1;
-  if (max_chunks > 0 && S > 0 && (S + cs - 1) / cs > max_chunks) cs = (S + max_chunks - 1) / max_chunks;
-  if (S > 0 && cs > S) cs = S;
-  plan.chunk_spatial = cs;
-  plan.num_chunks = S > 0 ? (S + cs - 1) / cs : 0;
+  const int64_t per = elems_per_unit > 0 ? elems_per_unit : 1;
+  int64_t len = kChunkTargetElems / per;
+  if (len < 1) len = 1;
+  if (max_chunks > 0 && length > 0 && (length + len - 1) / len > max_chunks) {
+    len = (length + max_chunks - 1) / max_chunks;
+  }
+  if (length > 0 && len > length) len = length;
+  plan.chunk_len = len;
+  plan.num_chunks = length > 0 ? (length + len - 1) / len : 0;
   return plan;
 }
 
-GN_HOST_DEVICE ChunkPlan make_chunk_plan(const GroupNormShape& shape) {
-  return make_chunk_plan(shape.S, shape.order == MemoryOrder::NCS ? shape.channels_per_group()
-                                                                   : shape.C);
+// Units of one (n, group) slab along which make_chunk_plan(shape) cuts.
+GN_HOST_DEVICE int64_t slab_length(const GroupNormShape& sh) {
+  return sh.order == MemoryOrder::NCS ? sh.group_elems() : sh.S;
+}
+
+GN_HOST_DEVICE ChunkPlan make_chunk_plan(const GroupNormShape& sh) {
+  return make_chunk_plan(slab_length(sh), sh.order == MemoryOrder::NCS ? 1 : sh.C);
 }
 
 // Elements in chunk k of one (n, group) slab, and the memory offset of its e-th element
-// (e in [0, chunk_elems)). Element order inside a chunk follows memory: spatial-major
-// within a channel for NCS, channel-major within a position for NSC.
+// (e in [0, chunk_elems)). Element order inside a chunk follows memory.
 GN_HOST_DEVICE int64_t chunk_elems(const GroupNormShape& sh, const ChunkPlan& plan, int64_t k) {
-  return sh.channels_per_group() * (plan.end(k, sh.S) - plan.begin(k));
+  const int64_t units = plan.end(k, slab_length(sh)) - plan.begin(k);
+  return sh.order == MemoryOrder::NCS ? units : sh.channels_per_group() * units;
 }
 
 GN_HOST_DEVICE int64_t chunk_element_offset(const GroupNormShape& sh, const ChunkPlan& plan,
                                             int64_t n, int64_t g, int64_t k, int64_t e) {
   const int64_t D = sh.channels_per_group();
-  const int64_t s0 = plan.begin(k);
-  if (sh.order == MemoryOrder::NCS) {
-    const int64_t len = plan.end(k, sh.S) - s0;
-    return sh.offset(n, g * D + e / len, s0 + e % len);
-  }
-  return sh.offset(n, g * D + e % D, s0 + e / D);
+  if (sh.order == MemoryOrder::NCS) return sh.offset(n, g * D, 0) + plan.begin(k) + e;
+  return sh.offset(n, g * D + e % D, plan.begin(k) + e / D);
 }
 
 // (n, c) of the element at memory offset i: what an elementwise pass needs to find its

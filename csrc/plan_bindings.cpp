@@ -14,10 +14,10 @@ GroupNormShape make_shape(int64_t N, int64_t C, int64_t S, int64_t G, bool chann
   return GroupNormShape{N, C, S, G, channels_last ? MemoryOrder::NSC : MemoryOrder::NCS};
 }
 
-// (chunk_spatial, num_chunks) of make_chunk_plan.
+// (chunk_len, num_chunks) of make_chunk_plan.
 std::pair<int64_t, int64_t> chunk_plan(int64_t S, int64_t elems_per_position, int64_t max_chunks) {
   const ChunkPlan p = make_chunk_plan(S, elems_per_position, max_chunks > 0 ? max_chunks : INT64_MAX);
-  return {p.chunk_spatial, p.num_chunks};
+  return {p.chunk_len, p.num_chunks};
 }
 
 // Memory offsets of every element, in plan order: (n, g, chunk, element).

@@ -125,7 +125,7 @@ struct Backward {
     const int64_t K = p.num_chunks;
     if (ncs) {
       std::vector<reduce_t> part(2 * N * C * K);  // (n * C + c) * K + k, then the same for dy * xc
-      at::parallel_for(0, N * C * K, cpu::grain_for(2 * p.chunk_spatial), [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N * C * K, cpu::grain_for(2 * p.chunk_len), [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) chunk_sums_ncs(p, t / K / C, t / K % C, t % K, &part[t], &part[N * C * K + t]);
       });
       for (int64_t nc = 0; nc < N * C; ++nc) {
@@ -139,7 +139,7 @@ struct Backward {
       }
     } else {
       std::vector<reduce_t> part(2 * N * K * C);  // ((n * K + k) * C + c), then dy * xc
-      at::parallel_for(0, N * K, cpu::grain_for(2 * C * p.chunk_spatial), [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N * K, cpu::grain_for(2 * C * p.chunk_len), [&](int64_t begin, int64_t end) {
         std::vector<reduce_t> channel_mean(C);
         for (int64_t t = begin; t < end; ++t) {
           channel_means(t / K, channel_mean.data());

@@ -46,21 +46,15 @@ struct Forward {
 
   int64_t D() const { return sh.channels_per_group(); }
 
-  // Moments of chunk k of slab (n, g), NCS: D runs of the chunk's spatial range.
+  // Moments of chunk k of slab (n, g), NCS: one contiguous run of the slab.
   Stats chunk_moments_ncs(int64_t n, int64_t g, int64_t k) const {
-    const int64_t s0 = plan.begin(k), len = plan.end(k, sh.S) - s0;
-    reduce_t sum = 0;
-    for (int64_t c = g * D(); c < (g + 1) * D(); ++c) sum += cpu::loop_sum(x + sh.offset(n, c, s0), len);
-    const reduce_t count = static_cast<reduce_t>(D() * len);
-    const reduce_t mean0 = sum / count;
+    const int64_t b = plan.begin(k), len = plan.end(k, sh.group_elems()) - b;
+    const T* run = x + sh.offset(n, g * D(), 0) + b;
+    const reduce_t count = static_cast<reduce_t>(len);
+    const reduce_t mean0 = cpu::loop_sum(run, len) / count;
     // Second pass over the chunk while it is in L1: deviations from the first-pass mean.
-    reduce_t sum_d = 0, sum_d2 = 0;
-    for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
-      reduce_t d, d2;
-      cpu::loop_sum_dev(x + sh.offset(n, c, s0), len, mean0, &d, &d2);
-      sum_d += d;
-      sum_d2 += d2;
-    }
+    reduce_t sum_d, sum_d2;
+    cpu::loop_sum_dev(run, len, mean0, &sum_d, &sum_d2);
     return moments_from_deviations(count, mean0, sum_d, sum_d2);
   }
 
@@ -135,11 +129,11 @@ struct Forward {
     }
     std::vector<Stats> partials(N * G * K);  // ((n * G) + g) * K + k
     if (ncs) {
-      at::parallel_for(0, N * G * K, cpu::grain_for(D() * plan.chunk_spatial), [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N * G * K, cpu::grain_for(plan.chunk_len), [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) partials[t] = chunk_moments_ncs(t / K / G, t / K % G, t % K);
       });
     } else {
-      at::parallel_for(0, N * K, cpu::grain_for(C * plan.chunk_spatial), [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N * K, cpu::grain_for(C * plan.chunk_len), [&](int64_t begin, int64_t end) {
         std::vector<reduce_t> acc(2 * C), mean_c(C);
         for (int64_t t = begin; t < end; ++t) {
           chunk_moments_nsc(t / K, t % K, acc, mean_c, partials.data() + (t / K) * G * K + t % K, K);

@@ -2,10 +2,11 @@
 // `target_clones` wrapper around an always-inline template, so the template is compiled
 // separately for every ISA in kClones and nothing else in the library changes ISA.
 //
-// Reductions keep kLanes independent accumulators (a whole number of vector registers
-// for every clone): the compiler vectorizes them without -ffast-math, and the summation
-// order is fixed by the code, not by the thread count or the vector width picked.
+// Reductions keep 16 independent lane accumulators: vectorized without -ffast-math, and
+// the summation order is fixed by the code, not by the thread count or the ISA picked.
 #include "loops.h"
+
+#include <cstdint>
 
 namespace groupnorm_ext {
 namespace cpu {
@@ -18,56 +19,92 @@ namespace {
 #endif
 #define GN_INLINE __attribute__((always_inline)) inline
 
-// 32 floats = two AVX-512 registers (or four AVX2 ones): two independent add chains
-// hide the add latency; doubles get the same register count.
-template <typename acc_t>
-constexpr int kLanes = sizeof(acc_t) == 4 ? 32 : 16;
+// Fixed pairwise reduction of 16 lane accumulators.
+GN_INLINE reduce_t reduce_lanes(reduce_t* lanes) {
+  for (int width = 8; width > 0; width /= 2) {
+    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  }
+  return lanes[0];
+}
 
 template <typename acc_t, typename T>
 GN_INLINE acc_t load(const T* p) {
   return static_cast<acc_t>(*p);
 }
 
-// Fixed pairwise reduction of the lane accumulators.
-template <typename acc_t>
-GN_INLINE acc_t reduce_lanes(acc_t* lanes) {
-  for (int width = kLanes<acc_t> / 2; width > 0; width /= 2) {
-    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
-  }
-  return lanes[0];
+// The reductions are written with GCC vector types: 8 doubles per vector, two vectors
+// (16 lanes, two independent add chains) per accumulator. Every clone lowers them to its
+// widest registers (one zmm, two ymm, four xmm); auto-vectorizing the equivalent scalar
+// loops gave scalar code for loops with two accumulators.
+typedef double vd8 __attribute__((vector_size(64), aligned(8)));
+typedef float vf8 __attribute__((vector_size(32), aligned(4)));
+typedef uint32_t vu8 __attribute__((vector_size(32), aligned(4)));
+typedef uint16_t vh8 __attribute__((vector_size(16), aligned(2)));
+
+// Eight consecutive values as doubles.
+GN_INLINE vd8 load8(const double* p) {
+  vd8 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+GN_INLINE vd8 load8(const float* p) {
+  vf8 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return __builtin_convertvector(v, vd8);
+}
+GN_INLINE vd8 load8(const c10::BFloat16* p) {  // bfloat16 = the upper half of a float
+  vh8 h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  const vu8 bits = __builtin_convertvector(h, vu8) << 16;
+  vf8 f;
+  __builtin_memcpy(&f, &bits, sizeof(f));
+  return __builtin_convertvector(f, vd8);
+}
+GN_INLINE vd8 load8(const c10::Half* p) {
+  float f[8];
+  for (int l = 0; l < 8; ++l) f[l] = static_cast<float>(p[l]);
+  return load8(f);
 }
 
-template <typename T>
-GN_INLINE reduce_t sum_impl(const T* x, int64_t n) {
-  constexpr int L = kLanes<reduce_t>;
-  reduce_t lanes[L] = {};
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    for (int l = 0; l < L; ++l) lanes[l] += load<reduce_t>(x + i + l);
-  }
-  for (int l = 0; i < n; ++i, ++l) lanes[l] += load<reduce_t>(x + i);
+GN_INLINE reduce_t reduce_vectors(vd8 a, vd8 b) {
+  reduce_t lanes[16];
+  __builtin_memcpy(lanes, &a, sizeof(a));
+  __builtin_memcpy(lanes + 8, &b, sizeof(b));
   return reduce_lanes(lanes);
 }
 
 template <typename T>
-GN_INLINE void sum_dev_impl(const T* x, int64_t n, reduce_t mean, reduce_t* sum_d, reduce_t* sum_d2) {
-  constexpr int L = kLanes<reduce_t>;
-  reduce_t lanes_d[L] = {}, lanes_d2[L] = {};
+GN_INLINE reduce_t sum_impl(const T* x, int64_t n) {
+  vd8 acc0 = {}, acc1 = {};
   int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    for (int l = 0; l < L; ++l) {
-      const reduce_t d = load<reduce_t>(x + i + l) - mean;
-      lanes_d[l] += d;
-      lanes_d2[l] += d * d;
-    }
+  for (; i + 16 <= n; i += 16) {
+    acc0 += load8(x + i);
+    acc1 += load8(x + i + 8);
   }
-  for (int l = 0; i < n; ++i, ++l) {
+  reduce_t tail = 0;
+  for (; i < n; ++i) tail += load<reduce_t>(x + i);
+  return reduce_vectors(acc0, acc1) + tail;
+}
+
+template <typename T>
+GN_INLINE void sum_dev_impl(const T* x, int64_t n, reduce_t mean, reduce_t* sum_d, reduce_t* sum_d2) {
+  vd8 d0 = {}, d1 = {}, q0 = {}, q1 = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const vd8 a = load8(x + i) - mean, b = load8(x + i + 8) - mean;
+    d0 += a;
+    d1 += b;
+    q0 += a * a;
+    q1 += b * b;
+  }
+  reduce_t tail_d = 0, tail_d2 = 0;
+  for (; i < n; ++i) {
     const reduce_t d = load<reduce_t>(x + i) - mean;
-    lanes_d[l] += d;
-    lanes_d2[l] += d * d;
+    tail_d += d;
+    tail_d2 += d * d;
   }
-  *sum_d = reduce_lanes(lanes_d);
-  *sum_d2 = reduce_lanes(lanes_d2);
+  *sum_d = reduce_vectors(d0, d1) + tail_d;
+  *sum_d2 = reduce_vectors(q0, q1) + tail_d2;
 }
 
 // Centre first, then scale: (x - mean) keeps full precision when |mean| >> std, which a
@@ -109,24 +146,23 @@ GN_INLINE void accumulate_dev_rows_impl(const T* x, int64_t rows, int64_t C, con
 template <typename T>
 GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, reduce_t mean, reduce_t* sum_dy,
                               reduce_t* sum_dy_xc) {
-  constexpr int L = kLanes<reduce_t>;
-  reduce_t lanes_dy[L] = {};
-  reduce_t lanes_dy_xc[L] = {};
+  vd8 g0 = {}, g1 = {}, p0 = {}, p1 = {};
   int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    for (int l = 0; l < L; ++l) {
-      const reduce_t g = load<reduce_t>(dy + i + l);
-      lanes_dy[l] += g;
-      lanes_dy_xc[l] += g * (load<reduce_t>(x + i + l) - mean);
-    }
+  for (; i + 16 <= n; i += 16) {
+    const vd8 a = load8(dy + i), b = load8(dy + i + 8);
+    g0 += a;
+    g1 += b;
+    p0 += a * (load8(x + i) - mean);
+    p1 += b * (load8(x + i + 8) - mean);
   }
-  for (int l = 0; i < n; ++i, ++l) {
+  reduce_t tail_dy = 0, tail_dy_xc = 0;
+  for (; i < n; ++i) {
     const reduce_t g = load<reduce_t>(dy + i);
-    lanes_dy[l] += g;
-    lanes_dy_xc[l] += g * (load<reduce_t>(x + i) - mean);
+    tail_dy += g;
+    tail_dy_xc += g * (load<reduce_t>(x + i) - mean);
   }
-  *sum_dy = reduce_lanes(lanes_dy);
-  *sum_dy_xc = reduce_lanes(lanes_dy_xc);
+  *sum_dy = reduce_vectors(g0, g1) + tail_dy;
+  *sum_dy_xc = reduce_vectors(p0, p1) + tail_dy_xc;
 }
 
 template <typename T>
