@@ -79,9 +79,10 @@ ForwardProblem check_forward(const char* op, const Tensor& input, int64_t num_gr
   TORCH_CHECK(input.dim() >= 2, op,
               ": expected an input with at least 2 dimensions (N, C, *), but got a ", input.dim(),
               "-D tensor of shape ", input.sizes());
-  TORCH_CHECK(is_supported_dtype(input.scalar_type()), op,
-              ": expected a floating-point input (float32, float64, float16 or bfloat16), but got ",
-              input.scalar_type());
+  // NotImplementedError, as torch's group_norm raises for the same dtypes.
+  TORCH_CHECK_NOT_IMPLEMENTED(is_supported_dtype(input.scalar_type()), op,
+                              ": expected a floating-point input (float32, float64, float16 or bfloat16), "
+                              "but got ", input.scalar_type());
   TORCH_CHECK(num_groups > 0, op, ": num_groups must be positive, but got num_groups=", num_groups);
   const int64_t C = input.size(1);
   TORCH_CHECK(C % num_groups == 0, op, ": expected the number of channels C=", C,

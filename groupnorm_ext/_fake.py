@@ -26,22 +26,58 @@ def _empty_like_layout(input: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return input.new_empty(input.shape, dtype=dtype)
 
 
-def _check(input: torch.Tensor, num_groups: int) -> None:
-    torch._check(input.dim() >= 2, lambda: "group_norm: expected an input with at least 2 dimensions")
-    torch._check(num_groups > 0, lambda: "group_norm: num_groups must be positive")
-    torch._check(input.shape[1] % num_groups == 0,
-                 lambda: "group_norm: expected the number of channels to be divisible by num_groups")
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_param(name, param, input):
+    if param is None:
+        return
+    C = input.shape[1]
+    torch._check(param.dim() == 1 and param.numel() == C, lambda: (
+        f"group_norm: expected {name} to be a 1-D tensor of size equal to the number of channels C={C}, "
+        f"but got {name} of shape {list(param.shape)}"))
+    torch._check(param.device == input.device, lambda: (
+        f"group_norm: expected all tensors to be on the same device, but {name} is on {param.device} "
+        f"and input is on {input.device}"))
+    low = input.dtype in (torch.float16, torch.bfloat16)
+    torch._check(param.dtype == input.dtype or (low and param.dtype == torch.float32), lambda: (
+        f"group_norm: {name} has dtype {param.dtype} but input has dtype {input.dtype}"))
+
+
+def _check(input, num_groups, weight=None, bias=None) -> None:
+    """The C++ kernels' checks (csrc/common.cpp), so that meta / fake calls fail the same way."""
+    torch._check(input.dim() >= 2, lambda: (
+        f"group_norm: expected an input with at least 2 dimensions (N, C, *), but got a {input.dim()}-D tensor"))
+    torch._check_not_implemented(input.dtype in _FLOAT_DTYPES, lambda: (
+        f"group_norm: expected a floating-point input (float32, float64, float16 or bfloat16), "
+        f"but got {input.dtype}"))
+    torch._check(num_groups > 0, lambda: f"group_norm: num_groups must be positive, but got num_groups={num_groups}")
+    torch._check(input.shape[1] % num_groups == 0, lambda: (
+        f"group_norm: expected the number of channels C={input.shape[1]} to be divisible by "
+        f"num_groups={num_groups}"))
+    _check_param("weight", weight, input)
+    _check_param("bias", bias, input)
+
+
+def _check_like_input(name, t, input, shape=None):
+    if t is None:
+        return
+    torch._check(t.device == input.device, lambda: (
+        f"group_norm_backward: expected all tensors to be on the same device, but {name} is on {t.device} "
+        f"and input is on {input.device}"))
+    if shape is not None:
+        torch._check(t.numel() == shape[0] * shape[1], lambda: f"group_norm_backward: expected {name} of shape {shape}")
 
 
 @torch.library.register_fake(f"{_LIB}::group_norm")
 def _group_norm_fake(input, num_groups, weight=None, bias=None, eps=1e-5, activation="identity"):
-    _check(input, num_groups)
+    _check(input, num_groups, weight, bias)
     return _empty_like_layout(input, input.dtype)
 
 
 @torch.library.register_fake(f"{_LIB}::group_norm_forward")
 def _group_norm_forward_fake(input, num_groups, weight, bias, eps, activation):
-    _check(input, num_groups)
+    _check(input, num_groups, weight, bias)
     out = _empty_like_layout(input, input.dtype)
     stats = _stats_dtype(input.dtype)
     mean = input.new_empty((input.shape[0], num_groups), dtype=stats)
@@ -52,7 +88,11 @@ def _group_norm_forward_fake(input, num_groups, weight, bias, eps, activation):
 @torch.library.register_fake(f"{_LIB}::group_norm_backward")
 def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, bias, num_groups, activation,
                               output_mask):
-    _check(input, num_groups)
+    _check(input, num_groups, weight, bias)
+    _check_like_input("grad_out", grad_out, input)
+    torch._check(grad_out.shape == input.shape, lambda: "group_norm_backward: grad_out must have the input's shape")
+    _check_like_input("mean", mean, input, (input.shape[0], num_groups))
+    _check_like_input("rstd", rstd, input, (input.shape[0], num_groups))
     grad_input = _empty_like_layout(input, input.dtype) if output_mask[0] else None
     grad_weight = torch.empty_like(weight) if (output_mask[1] and weight is not None) else None
     grad_bias = torch.empty_like(bias) if (output_mask[2] and bias is not None) else None

@@ -50,12 +50,9 @@ struct Forward {
   Stats chunk_moments_ncs(int64_t n, int64_t g, int64_t k) const {
     const int64_t b = plan.begin(k), len = plan.end(k, sh.group_elems()) - b;
     const T* run = x + sh.offset(n, g * D(), 0) + b;
-    const reduce_t count = static_cast<reduce_t>(len);
-    const reduce_t mean0 = cpu::loop_sum(run, len) / count;
-    // Second pass over the chunk while it is in L1: deviations from the first-pass mean.
-    reduce_t sum_d, sum_d2;
-    cpu::loop_sum_dev(run, len, mean0, &sum_d, &sum_d2);
-    return moments_from_deviations(count, mean0, sum_d, sum_d2);
+    Stats m{static_cast<reduce_t>(len), 0, 0};
+    if (len > 0) cpu::loop_moments(run, len, &m.mean, &m.m2);
+    return m;
   }
 
   // Moments of chunk k of every group of sample n, NSC: rows of C channels reduced with

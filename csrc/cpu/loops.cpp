@@ -6,7 +6,11 @@
 // the summation order is fixed by the code, not by the thread count or the ISA picked.
 #include "loops.h"
 
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
+
+#include "../plan.h"
 
 namespace groupnorm_ext {
 namespace cpu {
@@ -107,6 +111,121 @@ GN_INLINE void sum_dev_impl(const T* x, int64_t n, reduce_t mean, reduce_t* sum_
   *sum_d2 = reduce_vectors(q0, q1) + tail_d2;
 }
 
+// Moments of a chunk of float / bfloat16 / half data. The first pass (sum, min, max) runs
+// in float lanes, which needs half the vector work of double; the second pass too when
+// |x| < kFloatSafeMagnitude, so that d^2 summed over a chunk cannot overflow. Otherwise
+// (huge values, Inf or NaN) the second pass runs in double. A constant chunk is exact:
+// mean = the constant, M2 = 0 (so eps = 0 gives rstd = inf, as torch).
+constexpr float kFloatSafeMagnitude = 1e16f;
+
+typedef float vf16 __attribute__((vector_size(64), aligned(4)));
+
+GN_INLINE vf16 load16f(const float* p) {
+  vf16 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+GN_INLINE vf16 load16f(const c10::BFloat16* p) {
+  typedef uint16_t vh16 __attribute__((vector_size(32), aligned(2)));
+  typedef uint32_t vu16 __attribute__((vector_size(64), aligned(4)));
+  vh16 h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  const vu16 bits = __builtin_convertvector(h, vu16) << 16;
+  vf16 f;
+  __builtin_memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+GN_INLINE vf16 load16f(const c10::Half* p) {
+  float f[16];
+  for (int l = 0; l < 16; ++l) f[l] = static_cast<float>(p[l]);
+  return load16f(f);
+}
+
+GN_INLINE float reduce16f(vf16 v) {
+  float lanes[16];
+  __builtin_memcpy(lanes, &v, sizeof(v));
+  for (int width = 8; width > 0; width /= 2) {
+    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+  }
+  return lanes[0];
+}
+
+GN_INLINE float min16f(vf16 v) {
+  float lanes[16];
+  __builtin_memcpy(lanes, &v, sizeof(v));
+  float m = lanes[0];
+  for (int l = 1; l < 16; ++l) m = lanes[l] < m ? lanes[l] : m;
+  return m;
+}
+
+template <typename T>
+GN_INLINE void moments_impl(const T* x, int64_t n, reduce_t* mean_out, reduce_t* m2_out) {
+  if constexpr (std::is_same_v<T, double>) {
+    const reduce_t mean0 = sum_impl(x, n) / static_cast<reduce_t>(n);
+    reduce_t sum_d, sum_d2;
+    sum_dev_impl(x, n, mean0, &sum_d, &sum_d2);
+    const Moments<reduce_t> m = moments_from_deviations(static_cast<reduce_t>(n), mean0, sum_d, sum_d2);
+    *mean_out = m.mean;
+    *m2_out = m.m2;
+  } else {
+    const float first = static_cast<float>(x[0]);
+    vf16 s0 = {}, s1 = {}, lo = first - vf16{}, hi = lo;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+      const vf16 a = load16f(x + i), b = load16f(x + i + 16);
+      s0 += a;
+      s1 += b;
+      lo = a < lo ? a : lo;
+      hi = a > hi ? a : hi;
+      lo = b < lo ? b : lo;
+      hi = b > hi ? b : hi;
+    }
+    float sum = reduce16f(s0) + reduce16f(s1), vmin = min16f(lo), vmax = -min16f(-hi);
+    for (; i < n; ++i) {
+      const float v = static_cast<float>(x[i]);
+      sum += v;
+      vmin = v < vmin ? v : vmin;
+      vmax = v > vmax ? v : vmax;
+    }
+    const float magnitude = vmax > -vmin ? vmax : -vmin;
+    if (std::isfinite(sum) && magnitude < kFloatSafeMagnitude && vmin == vmax) {
+      *mean_out = vmin;  // constant chunk
+      *m2_out = 0;
+      return;
+    }
+    const reduce_t mean0 = static_cast<reduce_t>(sum) / static_cast<reduce_t>(n);
+    reduce_t sum_d, sum_d2;
+    if (std::isfinite(sum) && magnitude < kFloatSafeMagnitude) {
+      const float mean0f = static_cast<float>(mean0);
+      vf16 d0 = {}, d1 = {}, q0 = {}, q1 = {};
+      i = 0;
+      for (; i + 32 <= n; i += 32) {
+        const vf16 a = load16f(x + i) - mean0f, b = load16f(x + i + 16) - mean0f;
+        d0 += a;
+        d1 += b;
+        q0 += a * a;
+        q1 += b * b;
+      }
+      float td = 0, tq = 0;
+      for (; i < n; ++i) {
+        const float d = static_cast<float>(x[i]) - mean0f;
+        td += d;
+        tq += d * d;
+      }
+      sum_d = static_cast<reduce_t>(reduce16f(d0) + reduce16f(d1) + td);
+      sum_d2 = static_cast<reduce_t>(reduce16f(q0) + reduce16f(q1) + tq);
+      const Moments<reduce_t> m = moments_from_deviations(static_cast<reduce_t>(n), static_cast<reduce_t>(mean0f), sum_d, sum_d2);
+      *mean_out = m.mean;
+      *m2_out = m.m2;
+      return;
+    }
+    sum_dev_impl(x, n, mean0, &sum_d, &sum_d2);
+    const Moments<reduce_t> m = moments_from_deviations(static_cast<reduce_t>(n), mean0, sum_d, sum_d2);
+    *mean_out = m.mean;
+    *m2_out = m.m2;
+  }
+}
+
 // Centre first, then scale: (x - mean) keeps full precision when |mean| >> std, which a
 // folded x * scale + (bias - mean * scale) loses to cancellation.
 template <typename T, typename acc_t = opmath_t<T>>
@@ -205,6 +324,9 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
   GN_CLONES void loop_sum_dev(const T* x, int64_t n, reduce_t mean, reduce_t* sum_d,           \
                              reduce_t* sum_d2) {                                               \
     sum_dev_impl(x, n, mean, sum_d, sum_d2);                                                   \
+  }                                                                                            \
+  GN_CLONES void loop_moments(const T* x, int64_t n, reduce_t* mean, reduce_t* m2) {           \
+    moments_impl(x, n, mean, m2);                                                              \
   }                                                                                            \
   GN_CLONES void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean,                 \
                                 opmath_t<T> scale, opmath_t<T> bias) {                         \

@@ -30,6 +30,9 @@ using reduce_t = double;
   reduce_t loop_sum(const T* x, int64_t n);                                                  \
   /* sums of d = x - mean and of d^2 over x[0..n) (corrected two-pass moments) */            \
   void loop_sum_dev(const T* x, int64_t n, reduce_t mean, reduce_t* sum_d, reduce_t* sum_d2); \
+  /* moments (count, mean, M2) of x[0..n), n > 0: the corrected two-pass algorithm, in      \
+     float lanes when the data allow it (see loops.cpp), else in double */                  \
+  void loop_moments(const T* x, int64_t n, reduce_t* mean, reduce_t* m2);                    \
   /* y = (x - mean) * scale + bias, one coefficient set for the run (NCS apply) */          \
   void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean, opmath_t<T> scale,      \
                       opmath_t<T> bias);                                                     \

@@ -1,0 +1,132 @@
+"""Determinism on the CPU: repeated runs, any intra-op thread count and a fresh process all give bitwise
+identical outputs, statistics and gradients (tests/test_cuda.py::test_deterministic covers CUDA).
+
+Shapes are chosen so that groups span many chunks of the plan and the work splits across threads.
+"""
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import groupnorm_ext
+from reference import make_affine, make_grad_out, make_input
+
+ops = torch.ops.groupnorm_ext
+
+CASES = [
+    pytest.param((2, 64, 33, 35), 8, "contiguous", id="2x64x33x35-G8-contiguous"),
+    pytest.param((2, 64, 33, 35), 8, "channels_last", id="2x64x33x35-G8-channels_last"),
+    pytest.param((1, 3, 200003), 1, "contiguous", id="1x3x200003-G1-one_long_group"),
+    pytest.param((2, 16, 5, 17, 19), 4, "channels_last_3d", id="2x16x5x17x19-G4-channels_last_3d"),
+    pytest.param((3, 12, 1001), 3, "misaligned", id="3x12x1001-G3-misaligned"),
+    pytest.param((3, 12, 1001), 12, "strided", id="3x12x1001-G12-strided"),
+    pytest.param((64, 32), 8, "contiguous", id="64x32-G8-rank2"),
+]
+DTYPES = [pytest.param(d, id=str(d)[6:]) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)]
+
+
+def run_once(x, G, w, b, gy):
+    """(out, mean, rstd, grad_input, grad_weight, grad_bias) from fresh leaves."""
+    xx = x.detach().clone() if x.is_contiguous() else x.detach()
+    xx.requires_grad_(True)
+    ww, bb = (t.detach().clone().requires_grad_(True) for t in (w, b))
+    out, mean, rstd = ops.group_norm_forward(x, G, w, b, 1e-5, "identity")
+    y = groupnorm_ext.group_norm(xx, G, ww, bb)
+    y.backward(gy)
+    assert torch.equal(y.detach(), out), "group_norm and group_norm_forward disagree"
+    return out, mean, rstd, xx.grad, ww.grad, bb.grad
+
+
+NAMES = ("output", "mean", "rstd", "grad_input", "grad_weight", "grad_bias")
+
+
+def assert_bitwise_equal(a, b, what):
+    for name, u, v in zip(NAMES, a, b):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        assert torch.equal(u.contiguous().view(torch.uint8), v.contiguous().view(torch.uint8)), (
+            f"{what}: {name} differs bitwise (max abs diff {(u.double() - v.double()).abs().max().item():.3g})")
+
+
+def inputs(shape, G, layout, dtype):
+    x = make_input(shape, dtype, layout, seed=31)
+    w, b = make_affine(shape[1], dtype, seed=32)
+    gy = make_grad_out(shape, dtype, layout, seed=33)
+    return x, w, b, gy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,G,layout", CASES)
+def test_repeated_runs_are_bitwise_identical(shape, G, layout, dtype):
+    x, w, b, gy = inputs(shape, G, layout, dtype)
+    first = run_once(x, G, w, b, gy)
+    for i in range(3):
+        assert_bitwise_equal(first, run_once(x, G, w, b, gy), f"run {i + 2} vs run 1")
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, id="float32"),
+                                   pytest.param(torch.bfloat16, id="bfloat16")])
+@pytest.mark.parametrize("shape,G,layout", CASES)
+def test_thread_count_does_not_change_bits(shape, G, layout, dtype):
+    x, w, b, gy = inputs(shape, G, layout, dtype)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        base = run_once(x, G, w, b, gy)
+        for n in (2, 3, 4, 7):
+            torch.set_num_threads(n)
+            assert_bitwise_equal(base, run_once(x, G, w, b, gy), f"{n} threads vs 1 thread")
+    finally:
+        torch.set_num_threads(saved)
+
+
+_PROBE = textwrap.dedent("""
+    import hashlib, sys
+    import torch
+    sys.path.insert(0, {tests!r})
+    import groupnorm_ext
+    from test_determinism import CASES, inputs, run_once
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for case in CASES:
+            shape, G, layout = case.values
+            for dtype in (torch.float32, torch.bfloat16):
+                x, w, b, gy = inputs(shape, G, layout, dtype)
+                h = hashlib.sha256()
+                for t in run_once(x, G, w, b, gy):
+                    h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+                print(threads, case.id, str(dtype)[6:], h.hexdigest())
+""")
+
+
+def digests_here():
+    out = {}
+    for case in CASES:
+        shape, G, layout = case.values
+        for dtype in (torch.float32, torch.bfloat16):
+            h = hashlib.sha256()
+            x, w, b, gy = inputs(shape, G, layout, dtype)
+            for t in run_once(x, G, w, b, gy):
+                h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+            out[(case.id, str(dtype)[6:])] = h.hexdigest()
+    return out
+
+
+def test_fresh_processes_give_the_same_bits():
+    """A fresh process (other heap contents, other thread pools), with 1 and with 2 threads, reproduces this
+    process's bits: nothing depends on uninitialized memory or on scheduling."""
+    here = digests_here()
+    code = _PROBE.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"probe failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    there = {"1": {}, "2": {}}
+    for line in proc.stdout.splitlines():
+        threads, cid, dt, digest = line.split()
+        there[threads][(cid, dt)] = digest
+    for threads, digests in there.items():
+        assert digests.keys() == here.keys()
+        diff = [k for k in here if here[k] != digests[k]]
+        assert not diff, f"a fresh process with {threads} thread(s) differs for {diff}"

@@ -1,0 +1,176 @@
+"""More than 2^31 elements: a bfloat16 CPU input of shape (1, 2, 2^30 + 1) (2^31 + 2 elements, 4.3 GB; the
+output is another 4.3 GB) gives the right statistics and output.
+
+* G = 2, contiguous: the second group starts at element 2^30 + 1 and crosses element 2^31.
+* G = 1, channels innermost: the same storage viewed as (1, 2S / 130, 130) transposed to (N, C, S) order
+  (the NSC path, C = 130 so that the channel loop has a vector tail): one group of 2^31 + 2 elements,
+  whose element offsets (s * C + c) pass 2^31.
+
+Outputs are checked at the start, across the group boundary, across element 2^31, at the end and in 16
+windows spread over the tensor. The expected statistics come from a chunked float64 computation
+(per-piece float64 sums, done while each tile is generated, combined with Chan's formula); no float64 copy
+of the whole tensor is ever made. The input has a different offset in every 2^22-element tile (a ramp),
+so an index that wraps at 2^31 or 2^32 reads other values and shows.
+Marked `large` (deselect with -m "not large"); skipped when the machine lacks the memory.
+"""
+import gc
+import math
+
+import pytest
+import torch
+
+import groupnorm_ext  # noqa: F401
+from reference import TOLERANCES
+
+pytestmark = pytest.mark.large
+ops = torch.ops.groupnorm_ext
+
+S = 2 ** 30 + 1
+NUMEL = 2 * S                       # 2^31 + 2
+TILE = 2 ** 22
+PIECE = 2 ** 20                     # float64 statistics piece by piece (8 MB, cache-resident)
+NEEDED_BYTES = 2 * NUMEL * 2 + (3 << 30)
+NSC_C = 130                         # 2 * 5 * 13 divides 2 * (2^30 + 1) = 2 * 5^2 * 13 * 41 * 61 * 1321
+# (begin, end, name) of the flat ranges whose outputs are checked element by element
+WINDOWS = ([(0, 4096, "start"), (S - 2048, S + 2048, "group boundary"), (2 ** 31 - 4096, 2 ** 31 + 2, "across 2^31"),
+            (NUMEL - 4096, NUMEL, "end")]
+           + [(i * (NUMEL // 16) + 12345, i * (NUMEL // 16) + 12345 + 1024, f"window {i}") for i in range(16)])
+
+
+def mem_available_bytes():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def piece_moments(buf, piece):
+    """(count, mean, M2) of a 1-D piece in float64, from its float64 sum and sum of squares (the data has
+    |mean| <= 2 and std ~ 1, so sum(x^2) - sum(x)^2 / n loses less than one of float64's 16 digits)."""
+    c = buf[:piece.numel()]
+    c.copy_(piece)
+    n = c.numel()
+    s1 = c.sum().item()
+    s2 = torch.dot(c, c).item()
+    return n, s1 / n, max(s2 - s1 * s1 / n, 0.0)
+
+
+def combine(a, b):
+    """Chan's combine of two (count, mean, M2)."""
+    (na, ma, m2a), (nb, mb, m2b) = a, b
+    n = na + nb
+    if na == 0:
+        return b
+    d = mb - ma
+    return n, ma + d * nb / n, m2a + m2b + d * d * na * nb / n
+
+
+@pytest.fixture(scope="module")
+def big_input():
+    """(x, moments): x the flat bfloat16 input of NUMEL elements; moments the float64 (count, mean, M2) of
+    each half (the two groups of the contiguous (1, 2, S) view), computed tile by tile while each tile is
+    written (still in cache), never from a float64 copy of the whole tensor."""
+    avail = mem_available_bytes()
+    if avail is not None and avail < NEEDED_BYTES:
+        pytest.skip(f"needs ~{NEEDED_BYTES / 2**30:.1f} GiB of free memory, {avail / 2**30:.1f} GiB available")
+    gen = torch.Generator().manual_seed(1234)
+    noise = torch.randn(TILE, generator=gen, dtype=torch.float32).to(torch.bfloat16)
+    buf = torch.empty(PIECE, dtype=torch.float64)
+    x = torch.empty(NUMEL, dtype=torch.bfloat16)
+    moments = [(0, 0.0, 0.0), (0, 0.0, 0.0)]
+    tiles = math.ceil(NUMEL / TILE)
+    for k in range(tiles):
+        begin, end = k * TILE, min((k + 1) * TILE, NUMEL)
+        torch.add(noise[:end - begin], -2.0 + 4.0 * k / tiles, out=x[begin:end])   # a different offset per tile
+        for g, (lo, hi) in enumerate(((0, S), (S, NUMEL))):
+            for a in range(max(begin, lo), min(end, hi), PIECE):
+                b = min(a + PIECE, end, hi)
+                moments[g] = combine(moments[g], piece_moments(buf, x[a:b]))
+    del noise, buf
+    assert moments[0][0] == S and moments[1][0] == S
+    yield x, moments
+    del x
+    gc.collect()
+
+
+def rstd_of(moments, eps):
+    n, _, m2 = moments
+    return 1.0 / math.sqrt(m2 / n + eps)
+
+
+def check_stats(mean, rstd, expected, what):
+    """mean / rstd (float32, accumulated over > 2^30 elements) against the float64 reference."""
+    for g, (em, er) in enumerate(expected):
+        m, r = mean.flatten()[g].item(), rstd.flatten()[g].item()
+        assert math.isfinite(m) and math.isfinite(r), f"{what} group {g}: mean {m}, rstd {r}"
+        assert abs(m - em) <= 1e-5 + 1e-5 * abs(em), f"{what} group {g}: mean {m!r}, expected {em!r}"
+        assert abs(r - er) <= 1e-5 * er, f"{what} group {g}: rstd {r!r}, expected {er!r}"
+
+
+def check_slice(out_flat, x_flat, begin, end, channel_of, mean, rstd, w, b, what):
+    """out_flat[begin:end] against (x - mean) * rstd * w + b computed in float64 from the float64 reference
+    statistics; channel_of(idx) gives the channel (= group here) of each flat index."""
+    idx = torch.arange(begin, end)
+    c = channel_of(idx)
+    xs = x_flat[begin:end].double()
+    expected = (xs - mean[c]) * rstd[c] * w[c] + b[c]
+    got = out_flat[begin:end].double()
+    torch.testing.assert_close(got, expected, **TOLERANCES[torch.bfloat16],
+                               msg=lambda m: f"{what}: output[{begin}:{end}]: {m}")
+
+
+def test_more_than_2_31_elements_contiguous_two_groups(big_input):
+    big_input, reference_moments = big_input
+    x = big_input.view(1, 2, S)
+    eps = 1e-5
+    w = torch.tensor([1.5, -0.5])
+    b = torch.tensor([0.25, -1.0])
+    out, mean, rstd = ops.group_norm_forward(x, 2, w, b, eps, "identity")
+    try:
+        assert out.shape == x.shape and out.dtype == torch.bfloat16 and out.is_contiguous()
+        exp = [(m[1], rstd_of(m, eps)) for m in reference_moments]
+        check_stats(mean, rstd, exp, "G=2")
+        ref_mean = torch.tensor([e[0] for e in exp], dtype=torch.float64)
+        ref_rstd = torch.tensor([e[1] for e in exp], dtype=torch.float64)
+        o, xf = out.view(-1), big_input
+
+        def channel_of(idx):
+            return idx // S
+
+        w64, b64 = w.double(), b.double()
+        for begin, end, where in WINDOWS:
+            check_slice(o, xf, begin, end, channel_of, ref_mean, ref_rstd, w64, b64, f"G=2 {where}")
+    finally:
+        del out
+        gc.collect()
+
+
+def test_more_than_2_31_elements_channels_innermost_one_group(big_input):
+    big_input, reference_moments = big_input
+    # (1, C, S2) logical, stored as (1, S2, C): element (0, c, s) at flat offset C * s + c
+    x = big_input.view(1, NUMEL // NSC_C, NSC_C).transpose(1, 2)
+    assert not x.is_contiguous() and x.shape == (1, NSC_C, NUMEL // NSC_C)
+    eps = 1e-5
+    out, mean, rstd = ops.group_norm_forward(x, 1, None, None, eps, "identity")
+    try:
+        assert out.shape == x.shape and out.stride() == x.stride(), "output must keep the channels-innermost layout"
+        whole = combine(*reference_moments)
+        check_stats(mean, rstd, [(whole[1], rstd_of(whole, eps))], "G=1 NSC")
+        o = out.transpose(1, 2).reshape(-1)   # a view: the same flat order as the input's storage
+        assert o.data_ptr() == out.data_ptr()
+        m64 = torch.tensor([whole[1]], dtype=torch.float64)
+        r64 = torch.tensor([rstd_of(whole, eps)], dtype=torch.float64)
+        one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+
+        def channel_of(idx):
+            return torch.zeros_like(idx)
+
+        for begin, end, where in WINDOWS:
+            check_slice(o, big_input, begin, end, channel_of, m64, r64, one, zero, f"G=1 NSC {where}")
+    finally:
+        del out
+        gc.collect()
