@@ -38,6 +38,7 @@ GROUPNORM_EXT_API const char* cpu_capability();
 // that drops unreferenced shared libraries (--as-needed, the default on many distributions)
 // would then leave it out, ops unregistered. This weak reference, emitted by every
 // translation unit that includes the header, keeps it in (torchvision's vision.h does the same).
-extern "C" __attribute__((weak)) bool (*groupnorm_ext_keep_library_linked)() =
-    &groupnorm_ext::built_with_cuda;
+extern "C" {
+__attribute__((weak)) bool (*groupnorm_ext_keep_library_linked)() = &groupnorm_ext::built_with_cuda;
+}
 #endif
