@@ -20,7 +20,8 @@ EXAMPLE = os.path.join(ROOT, "examples", "cpp")
 BUILD_TIMEOUT_S = 900  # configure + one translation unit with torch/script.h, on 2 busy cores
 
 # TorchScript is deprecated upstream but still a supported entry point of this extension
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
+# (a FutureWarning in torch 2.14, a DeprecationWarning in 2.13)
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated")
 
 
 def _load(name, path):
@@ -40,6 +41,10 @@ def _needed(path):
     """DT_NEEDED entries of an ELF file (readelf, from binutils beside g++)."""
     out = subprocess.run(["readelf", "-d", path], check=True, capture_output=True, text=True).stdout
     return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+
+
+needs_binutils = pytest.mark.skipif(shutil.which("readelf") is None or shutil.which("nm") is None,
+                                    reason="binutils (readelf, nm) not found")
 
 
 def cmake_configure_args():
@@ -68,8 +73,7 @@ def test_library_paths():
                                        "GroupNormExtConfig.cmake"))
 
 
-@pytest.mark.skipif(shutil.which("readelf") is None or shutil.which("nm") is None,
-                    reason="binutils (readelf, nm) not found")
+@needs_binutils
 def test_library_has_no_python_dependency():
     lib = groupnorm_ext.get_library_path()
     needed = _needed(lib)
@@ -119,6 +123,7 @@ def test_cpp_program_runs_scripted_model(run_model, tmp_path):
                                rtol=0, atol=6e-5)  # printed with 4 decimals
 
 
+@needs_binutils
 def test_cpp_program_needs_no_python(run_model):
     needed = _needed(run_model)
     assert "libgroupnorm_ext.so" in needed
