@@ -156,9 +156,10 @@ def build_extensions():
              if with_cuda else ""))
 
     class BuildExt(cpp_extension.BuildExtension):
-        """Keeps object files in a persistent folder, per torch build and per target: editable
-        installs otherwise compile in a fresh temporary folder each time, so ninja could never
-        skip an unchanged translation unit. Names the op library libgroupnorm_ext.so, links
+        """Keeps object files in a persistent folder per torch build, build/temp-<flavour>
+        (the Python module's in python/ below it): editable installs otherwise compile in a
+        fresh temporary folder each time, so ninja could never skip an unchanged translation
+        unit. Names the op library libgroupnorm_ext.so, links
         it without libpython, and links the Python module against it."""
 
         def finalize_options(self):
@@ -178,12 +179,14 @@ def build_extensions():
             return ext.libraries if ext.name == LIBRARY_EXT else super().get_libraries(ext)
 
         def build_extension(self, ext):
-            # One ninja build folder per target: each writes its own build.ninja.
+            if ext.name == LIBRARY_EXT:
+                return super().build_extension(ext)
+            # The Python module: its own ninja folder (each target writes a build.ninja), and
+            # linked against the library just built (listed first).
             build_temp = self.build_temp
-            self.build_temp = os.path.join(build_temp, "lib" if ext.name == LIBRARY_EXT else "python")
+            self.build_temp = os.path.join(build_temp, "python")
             try:
-                if ext.name != LIBRARY_EXT:  # link against the library just built (listed first)
-                    ext.library_dirs.insert(0, os.path.dirname(self.get_ext_fullpath(LIBRARY_EXT)))
+                ext.library_dirs.insert(0, os.path.dirname(self.get_ext_fullpath(LIBRARY_EXT)))
                 super().build_extension(ext)
             finally:
                 self.build_temp = build_temp
