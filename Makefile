@@ -16,7 +16,7 @@ export MAX_JOBS ?= 2
 PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.requirements-installed
 BUILD_STAMP := $(VENV)/.groupnorm_ext-built
-SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+SOURCES := setup.py pyproject.toml $(shell find csrc groupnorm_ext/include -type f 2>/dev/null)
 
 .PHONY: all test bench build deps clean
 
@@ -31,10 +31,11 @@ $(DEPS_STAMP): $(REQUIREMENTS) | $(PY)
 
 deps: $(DEPS_STAMP)
 
-# The extension module sits in the source tree (editable install). Rebuild when it is
+# The op library (groupnorm_ext/lib/libgroupnorm_ext.so) and the Python module that links it
+# (groupnorm_ext/_C*.so) sit in the source tree (editable install). Rebuild when one is
 # missing, when a source is newer than the last build, or when the requirements changed.
 build: $(DEPS_STAMP)
-	@if [ ! -f $(BUILD_STAMP) ] || ! ls groupnorm_ext/_C*.so >/dev/null 2>&1 \
+	@if [ ! -f $(BUILD_STAMP) ] || ! ls groupnorm_ext/_C*.so groupnorm_ext/lib/libgroupnorm_ext.so >/dev/null 2>&1 \
 	    || [ -n "$$(find $(SOURCES) $(DEPS_STAMP) -newer $(BUILD_STAMP) 2>/dev/null)" ]; then \
 	  echo "building groupnorm_ext (MAX_JOBS=$(MAX_JOBS))"; \
 	  $(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e . \
@@ -48,4 +49,4 @@ bench: build
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf build groupnorm_ext/_C*.so *.egg-info $(BUILD_STAMP)
+	rm -rf build groupnorm_ext/_C*.so groupnorm_ext/lib *.egg-info $(BUILD_STAMP)

@@ -1,4 +1,5 @@
-"""Build of groupnorm_ext: the op library as the extension module groupnorm_ext._C.
+"""Build of groupnorm_ext: the op library groupnorm_ext/lib/libgroupnorm_ext.so (C++ only,
+links libtorch: what C++ programs load) and the Python module groupnorm_ext._C that links it.
 
 CUDA is built when torch is a CUDA build and a CUDA toolkit is found (no GPU needed);
 FORCE_CUDA=1 insists on it, GROUPNORM_EXT_DISABLE_CUDA=1 (or FORCE_CPU=1) turns it off.
@@ -81,7 +82,29 @@ def pip_cuda_include_dirs():
     return dirs
 
 
-def build_extension():
+def library_runtime_dirs(with_cuda):
+    """RUNPATH of the op library: torch/lib (and with CUDA, the pip nvidia folder holding
+    libcudart), relative to groupnorm_ext/lib/ in site-packages, then absolute."""
+    import torch
+
+    site = os.path.dirname(os.path.dirname(os.path.abspath(torch.__file__)))
+    dirs = [os.path.join(site, "torch", "lib")]
+    if with_cuda:
+        dirs += sorted(os.path.dirname(f) for f in glob.glob(os.path.join(site, "nvidia", "*", "lib",
+                                                                            "libcudart.so*")))
+    return ["$ORIGIN/../../" + os.path.relpath(d, site) for d in dirs] + dirs
+
+
+# The op library: a plain shared library (no Python, no libtorch_python) that C++ programs
+# link and the Python module loads. Built as an extension named after the file it becomes.
+LIBRARY_EXT = "groupnorm_ext.lib.libgroupnorm_ext"
+LIBRARY_FILE = "libgroupnorm_ext.so"
+
+
+def build_extensions():
+    """The op library groupnorm_ext/lib/libgroupnorm_ext.so (kernels + TORCH_LIBRARY
+    registrations, every csrc source outside csrc/python/) and the pybind11 module
+    groupnorm_ext._C (csrc/python/), which links it with rpath $ORIGIN/lib."""
     with_cuda, cuda_home = want_cuda()
     if with_cuda:
         os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
@@ -90,9 +113,17 @@ def build_extension():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) +
                      glob.glob(os.path.join("csrc", "cpu", "*.cpp")) +
                      glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
+    python_sources = sorted(glob.glob(os.path.join("csrc", "python", "*.cpp")))
     cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]
     define_macros = []
-    include_dirs = [os.path.join(ROOT, "csrc")]
+    include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "groupnorm_ext", "include")]
+    # A SONAME, so that whatever links the library records "libgroupnorm_ext.so", not a path.
+    library_link_args = [f"-Wl,-soname,{LIBRARY_FILE}"]
+    # Where the library finds libtorch (and a CUDA torch's cudart) at run time in a C++
+    # program, which needs not link every torch library itself: beside us in site-packages
+    # once installed (torch's own libraries use the same $ORIGIN/../../ form), else where
+    # the torch we build against lies (in-tree and editable builds).
+    library_link_args += [f"-Wl,-rpath,{d}" for d in library_runtime_dirs(with_cuda)]
     if with_cuda:
         cu_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
                             glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
@@ -106,21 +137,30 @@ def build_extension():
         define_macros.append(("GROUPNORM_EXT_WITH_CUDA", None))
         nvcc_flags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
                       "-DGROUPNORM_EXT_WITH_CUDA"]
-        ext = cpp_extension.CUDAExtension(
-            "groupnorm_ext._C", sources + cu_sources, include_dirs=include_dirs,
-            define_macros=define_macros,
+        library = cpp_extension.CUDAExtension(
+            LIBRARY_EXT, sources + cu_sources, include_dirs=list(include_dirs),
+            define_macros=define_macros, extra_link_args=library_link_args,
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
     else:
-        ext = cpp_extension.CppExtension(
-            "groupnorm_ext._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags})
-    print(f"groupnorm_ext: building {'CUDA + CPU' if with_cuda else 'CPU-only'} extension"
+        library = cpp_extension.CppExtension(
+            LIBRARY_EXT, sources, include_dirs=list(include_dirs), define_macros=define_macros,
+            extra_link_args=library_link_args, extra_compile_args={"cxx": cxx_flags})
+    # The library uses libtorch only: no Python bindings of torch.
+    library.libraries = [lib for lib in library.libraries if lib != "torch_python"]
+    module = cpp_extension.CppExtension(
+        "groupnorm_ext._C", python_sources, include_dirs=list(include_dirs),
+        libraries=["groupnorm_ext"], extra_link_args=["-Wl,-rpath,$ORIGIN/lib"],
+        extra_compile_args={"cxx": cxx_flags})
+    print(f"groupnorm_ext: building {'CUDA + CPU' if with_cuda else 'CPU-only'} op library"
           + (f" (CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})"
              if with_cuda else ""))
+
     class BuildExt(cpp_extension.BuildExtension):
-        """Keeps object files in a persistent folder, per torch build: editable installs
-        otherwise compile in a fresh temporary folder each time, so ninja could never skip
-        an unchanged translation unit."""
+        """Keeps object files in a persistent folder per torch build, build/temp-<flavour>
+        (the Python module's in python/ below it): editable installs otherwise compile in a
+        fresh temporary folder each time, so ninja could never skip an unchanged translation
+        unit. Names the op library libgroupnorm_ext.so, links
+        it without libpython, and links the Python module against it."""
 
         def finalize_options(self):
             super().finalize_options()
@@ -129,15 +169,51 @@ def build_extension():
             flavour = f"torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}".replace("+", "_")
             self.build_temp = os.path.join(ROOT, "build", f"temp-{flavour}")
 
-    return ext, BuildExt.with_options(use_ninja=True)
+        def get_ext_filename(self, ext_name):
+            parts = ext_name.split(".")
+            if parts[-1] == LIBRARY_EXT.split(".")[-1]:
+                return os.path.join(*parts[:-1], LIBRARY_FILE)
+            return super().get_ext_filename(ext_name)
+
+        def get_libraries(self, ext):
+            return ext.libraries if ext.name == LIBRARY_EXT else super().get_libraries(ext)
+
+        def build_extension(self, ext):
+            if ext.name == LIBRARY_EXT:
+                return super().build_extension(ext)
+            # The Python module: its own ninja folder (each target writes a build.ninja), and
+            # linked against the library just built (listed first).
+            build_temp = self.build_temp
+            self.build_temp = os.path.join(build_temp, "python")
+            try:
+                ext.library_dirs.insert(0, os.path.dirname(self.get_ext_fullpath(LIBRARY_EXT)))
+                super().build_extension(ext)
+            finally:
+                self.build_temp = build_temp
+
+        def copy_extensions_to_source(self):
+            # --inplace and editable installs copy into the source tree: groupnorm_ext/lib/
+            # is not in git, so create it.
+            build_py = self.get_finalized_command("build_py")
+            for ext in self.extensions:
+                inplace_file, _ = self._get_inplace_equivalent(build_py, ext)
+                os.makedirs(os.path.dirname(inplace_file) or ".", exist_ok=True)
+            super().copy_extensions_to_source()
+
+    return [library, module], BuildExt.with_options(use_ninja=True)
 
 
-ext, build_ext = build_extension()
-setup(
-    name="groupnorm_ext",
-    version="0.1.0",
-    packages=["groupnorm_ext"],
-    ext_modules=[ext],
-    cmdclass={"build_ext": build_ext},
-    zip_safe=False,
-)
+if __name__ == "__main__":  # as pip and `python setup.py` run it; tests import find_cuda_home
+    ext_modules, build_ext = build_extensions()
+    setup(
+        name="groupnorm_ext",
+        version="0.1.0",
+        packages=["groupnorm_ext"],
+        # For C++ users: the library's header and CMake package config (the library itself
+        # is built into groupnorm_ext/lib/).
+        package_data={"groupnorm_ext": ["include/groupnorm_ext/*.h",
+                                        "share/cmake/GroupNormExt/*.cmake"]},
+        ext_modules=ext_modules,
+        cmdclass={"build_ext": build_ext},
+        zip_safe=False,
+    )

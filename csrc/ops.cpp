@@ -1,11 +1,9 @@
-// The op library: schemas (TORCH_LIBRARY), the non-autograd group_norm kernel shared by
-// every backend, and the pybind11 module `groupnorm_ext._C` whose import loads it all.
-// Backends register their kernels in their own files (cpu/, cuda/, autograd/).
+// The op library's schemas (TORCH_LIBRARY) and the non-autograd group_norm kernel shared by
+// every backend. Backends register their kernels in their own files (cpu/, cuda/, autograd/);
+// the public C++ API is in api.cpp, the Python module (groupnorm_ext._C) in python/.
 #include <ATen/ATen.h>
-#include <torch/extension.h>
 #include <torch/library.h>
 
-#include "cpu/loops.h"
 #include "group_norm.h"
 
 namespace groupnorm_ext {
@@ -46,20 +44,4 @@ TORCH_LIBRARY_IMPL(groupnorm_ext, CUDA, m) {
 }
 #endif
 
-void bind_plan(pybind11::module& m);  // plan_bindings.cpp
-
 }  // namespace groupnorm_ext
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "groupnorm_ext: fused GroupNorm ops (registered as torch.ops.groupnorm_ext.*)";
-  m.def("cpu_capability", &groupnorm_ext::cpu::loops_isa,
-        "Which vectorized clone of the CPU loops runs on this CPU.");
-  groupnorm_ext::bind_plan(m);
-  m.def("built_with_cuda", [] {
-#ifdef GROUPNORM_EXT_WITH_CUDA
-    return true;
-#else
-    return false;
-#endif
-  });
-}

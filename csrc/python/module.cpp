@@ -1,0 +1,20 @@
+// The pybind11 module groupnorm_ext._C. The ops live in the op library libgroupnorm_ext.so,
+// which this module links (found through its rpath): importing it loads the library, whose
+// static initializers register torch.ops.groupnorm_ext.*. What it adds is Python-only:
+// build information and the plan bindings the tests use.
+#include <torch/extension.h>
+
+#include "groupnorm_ext/groupnorm_ext.h"
+
+namespace groupnorm_ext {
+void bind_plan(pybind11::module& m);  // plan_bindings.cpp
+}  // namespace groupnorm_ext
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "groupnorm_ext: fused GroupNorm ops (registered as torch.ops.groupnorm_ext.*)";
+  m.def("cpu_capability", &groupnorm_ext::cpu_capability,
+        "Which vectorized clone of the CPU loops runs on this CPU.");
+  m.def("built_with_cuda", &groupnorm_ext::built_with_cuda,
+        "Whether the op library carries the CUDA kernels.");
+  groupnorm_ext::bind_plan(m);
+}
