@@ -101,6 +101,18 @@ LIBRARY_EXT = "groupnorm_ext.lib.libgroupnorm_ext"
 LIBRARY_FILE = "libgroupnorm_ext.so"
 
 
+
+def aten_uses_openmp():
+    """Whether the installed torch's ATen parallelizes with OpenMP (ATen/Config.h)."""
+    import torch
+
+    config = os.path.join(os.path.dirname(torch.__file__), "include", "ATen", "Config.h")
+    try:
+        with open(config) as f:
+            return "#define AT_PARALLEL_OPENMP 1" in f.read()
+    except OSError:
+        return False
+
 def build_extensions():
     """The op library groupnorm_ext/lib/libgroupnorm_ext.so (kernels + TORCH_LIBRARY
     registrations, every csrc source outside csrc/python/) and the pybind11 module
@@ -115,6 +127,10 @@ def build_extensions():
                      glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
     python_sources = sorted(glob.glob(os.path.join("csrc", "python", "*.cpp")))
     cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]
+    # at::parallel_for is a header template: with an OpenMP build of ATen it is a
+    # `#pragma omp parallel`, which runs on ONE thread unless this code is compiled with
+    # -fopenmp. Linking -fopenmp records libgomp.so.1, the soname torch already loads.
+    library_cxx_flags = cxx_flags + (["-fopenmp"] if aten_uses_openmp() else [])
     define_macros = []
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "groupnorm_ext", "include")]
     # A SONAME, so that whatever links the library records "libgroupnorm_ext.so", not a path.
@@ -124,6 +140,8 @@ def build_extensions():
     # once installed (torch's own libraries use the same $ORIGIN/../../ form), else where
     # the torch we build against lies (in-tree and editable builds).
     library_link_args += [f"-Wl,-rpath,{d}" for d in library_runtime_dirs(with_cuda)]
+    if aten_uses_openmp():
+        library_link_args.append("-fopenmp")
     if with_cuda:
         cu_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
                             glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
@@ -140,11 +158,11 @@ def build_extensions():
         library = cpp_extension.CUDAExtension(
             LIBRARY_EXT, sources + cu_sources, include_dirs=list(include_dirs),
             define_macros=define_macros, extra_link_args=library_link_args,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
+            extra_compile_args={"cxx": library_cxx_flags, "nvcc": nvcc_flags})
     else:
         library = cpp_extension.CppExtension(
             LIBRARY_EXT, sources, include_dirs=list(include_dirs), define_macros=define_macros,
-            extra_link_args=library_link_args, extra_compile_args={"cxx": cxx_flags})
+            extra_link_args=library_link_args, extra_compile_args={"cxx": library_cxx_flags})
     # The library uses libtorch only: no Python bindings of torch.
     library.libraries = [lib for lib in library.libraries if lib != "torch_python"]
     module = cpp_extension.CppExtension(
