@@ -156,4 +156,27 @@ Tensor empty_in_order(const Tensor& like, MemoryOrder order, at::ScalarType dtyp
   return at::empty(permuted_sizes, opts).permute(inverse);
 }
 
+ForwardResult allocate_forward_outputs(const ForwardProblem& p, const Tensor& input) {
+  const auto stats_opts = input.options().dtype(stats_dtype(input.scalar_type()));
+  return {empty_in_order(input, p.shape.order, input.scalar_type()),
+          at::empty({p.shape.N, p.shape.groups}, stats_opts), at::empty({p.shape.N, p.shape.groups}, stats_opts)};
+}
+
+bool allocate_backward_outputs(const ForwardProblem& p, const Tensor& input,
+                               std::array<bool, 3> output_mask, BackwardResult& grads) {
+  Tensor& grad_input = std::get<0>(grads);
+  Tensor& grad_weight = std::get<1>(grads);
+  Tensor& grad_bias = std::get<2>(grads);
+  if (output_mask[0]) grad_input = empty_in_order(input, p.shape.order, input.scalar_type());
+  if (output_mask[1] && p.weight.defined()) grad_weight = at::empty_like(p.weight);
+  if (output_mask[2] && p.bias.defined()) grad_bias = at::empty_like(p.bias);
+  if (!grad_input.defined() && !grad_weight.defined() && !grad_bias.defined()) return false;
+  if (input.numel() == 0) {  // empty batch or channels: gradients are empty or zero
+    if (grad_weight.defined()) grad_weight.zero_();
+    if (grad_bias.defined()) grad_bias.zero_();
+    return false;
+  }
+  return true;
+}
+
 }  // namespace groupnorm_ext

@@ -78,4 +78,14 @@ at::ScalarType stats_dtype(at::ScalarType input_dtype);
 // An uninitialised tensor with `like`'s sizes laid out in `order`.
 Tensor empty_in_order(const Tensor& like, MemoryOrder order, at::ScalarType dtype);
 
+// Uninitialised forward outputs: out in the problem's memory order and the input's
+// dtype, mean and rstd shaped (N, G) in the statistics dtype.
+ForwardResult allocate_forward_outputs(const ForwardProblem& p, const Tensor& input);
+
+// Backward outputs as output_mask asks (undefined where not asked, or where the parameter
+// is absent). Returns false when no kernel has to run: nothing was asked, or the input is
+// empty (grad_weight / grad_bias are then zero-filled).
+bool allocate_backward_outputs(const ForwardProblem& p, const Tensor& input,
+                               std::array<bool, 3> output_mask, BackwardResult& grads);
+
 }  // namespace groupnorm_ext

@@ -242,18 +242,11 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
               "group_norm_backward (CPU): activation not implemented");
   const ForwardProblem& p = bp.fwd;
   const GroupNormShape& sh = p.shape;
-  Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) grad_input = empty_in_order(input, sh.order, input.scalar_type());
-  if (output_mask[1] && p.weight.defined()) grad_weight = at::empty_like(p.weight);
-  if (output_mask[2] && p.bias.defined()) grad_bias = at::empty_like(p.bias);
-  if (!grad_input.defined() && !grad_weight.defined() && !grad_bias.defined()) {
-    return {grad_input, grad_weight, grad_bias};
-  }
-  if (input.numel() == 0) {  // empty batch or channels: gradients are empty or zero
-    if (grad_weight.defined()) grad_weight.zero_();
-    if (grad_bias.defined()) grad_bias.zero_();
-    return {grad_input, grad_weight, grad_bias};
-  }
+  BackwardResult grads;
+  if (!allocate_backward_outputs(p, input, output_mask, grads)) return grads;
+  Tensor& grad_input = std::get<0>(grads);
+  Tensor& grad_weight = std::get<1>(grads);
+  Tensor& grad_bias = std::get<2>(grads);
   const auto stats_t = bp.mean.scalar_type();
   const Tensor w = p.weight.defined() ? p.weight.to(stats_t) : Tensor();
   // Per-(n, c) sums, then grad_weight / grad_bias reduced over n in order (double).

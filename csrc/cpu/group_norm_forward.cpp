@@ -196,11 +196,10 @@ ForwardResult group_norm_forward_cpu(const Tensor& input, int64_t num_groups,
                                      double eps, std::string_view activation) {
   const ForwardProblem p = check_forward("group_norm_forward", input, num_groups, weight, bias, activation);
   TORCH_CHECK(p.activation == Activation::Identity, "group_norm_forward (CPU): activation not implemented");
-  const auto stats_t = stats_dtype(input.scalar_type());
-  Tensor out = empty_in_order(input, p.shape.order, input.scalar_type());
-  Tensor mean = at::empty({p.shape.N, num_groups}, input.options().dtype(stats_t));
-  Tensor rstd = at::empty({p.shape.N, num_groups}, input.options().dtype(stats_t));
+  Tensor out, mean, rstd;
+  std::tie(out, mean, rstd) = allocate_forward_outputs(p, input);
   if (p.shape.N * num_groups == 0) return {out, mean, rstd};
+  const auto stats_t = mean.scalar_type();
   const Tensor w = p.weight.defined() ? p.weight.to(stats_t) : Tensor();
   const Tensor b = p.bias.defined() ? p.bias.to(stats_t) : Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_forward_cpu", [&] {

@@ -184,18 +184,11 @@ BackwardResult group_norm_backward_cuda(const Tensor& grad_out, const Tensor& in
               "group_norm_backward (CUDA): activation not implemented");
   const c10::cuda::CUDAGuard device_guard(input.device());
   const ForwardProblem& p = bp.fwd;
-  Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) grad_input = empty_in_order(input, p.shape.order, input.scalar_type());
-  if (output_mask[1] && p.weight.defined()) grad_weight = at::empty_like(p.weight);
-  if (output_mask[2] && p.bias.defined()) grad_bias = at::empty_like(p.bias);
-  if (!grad_input.defined() && !grad_weight.defined() && !grad_bias.defined()) {
-    return {grad_input, grad_weight, grad_bias};
-  }
-  if (input.numel() == 0) {
-    if (grad_weight.defined()) grad_weight.zero_();
-    if (grad_bias.defined()) grad_bias.zero_();
-    return {grad_input, grad_weight, grad_bias};
-  }
+  BackwardResult grads;
+  if (!allocate_backward_outputs(p, input, output_mask, grads)) return grads;
+  Tensor& grad_input = std::get<0>(grads);
+  Tensor& grad_weight = std::get<1>(grads);
+  Tensor& grad_bias = std::get<2>(grads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_backward_cuda",
                                   [&] { backward_impl<scalar_t>(bp, grad_input, grad_weight, grad_bias); });
   return {grad_input, grad_weight, grad_bias};

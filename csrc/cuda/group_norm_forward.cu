@@ -134,10 +134,8 @@ ForwardResult group_norm_forward_cuda(const Tensor& input, int64_t num_groups,
   const ForwardProblem p = check_forward("group_norm_forward", input, num_groups, weight, bias, activation);
   TORCH_CHECK(p.activation == Activation::Identity, "group_norm_forward (CUDA): activation not implemented");
   const c10::cuda::CUDAGuard device_guard(input.device());
-  const auto stats_t = stats_dtype(input.scalar_type());
-  Tensor out = empty_in_order(input, p.shape.order, input.scalar_type());
-  Tensor mean = at::empty({p.shape.N, num_groups}, input.options().dtype(stats_t));
-  Tensor rstd = at::empty({p.shape.N, num_groups}, input.options().dtype(stats_t));
+  Tensor out, mean, rstd;
+  std::tie(out, mean, rstd) = allocate_forward_outputs(p, input);
   if (p.shape.N * num_groups == 0) return {out, mean, rstd};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_forward_cuda",
                                   [&] { forward_impl<scalar_t>(p, eps, out, mean, rstd); });
