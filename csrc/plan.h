@@ -188,6 +188,14 @@ GN_HOST_DEVICE void element_nc(const GroupNormShape& sh, int64_t i, int64_t* n, 
   }
 }
 
+// Slab (n * G + g) of the element at memory offset i, and its channel in *c: the
+// statistics and affine parameters an elementwise pass needs.
+GN_HOST_DEVICE int64_t element_slab(const GroupNormShape& sh, int64_t i, int64_t* c) {
+  int64_t n;
+  element_nc(sh, i, &n, c);
+  return n * sh.groups + *c / sh.channels_per_group();
+}
+
 // ---------------------------------------------------------------------------------
 // Vector split of a contiguous run [begin, end) for loads of `vec` elements: the
 // scalar head up to the first address aligned to vec elements, the aligned body, and

@@ -103,12 +103,10 @@ __global__ void grad_input_kernel(const T* __restrict__ dy, const T* __restrict_
                                   const acc_t* __restrict__ rstd, const acc_t* __restrict__ weight,
                                   const acc_t* __restrict__ kxhat, const acc_t* __restrict__ kc) {
   const int64_t total = sh.numel();
-  const int64_t D = sh.channels_per_group();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t n, c;
-    element_nc(sh, i, &n, &c);
-    const int64_t ng = n * sh.groups + c / D;
+    int64_t c;
+    const int64_t ng = element_slab(sh, i, &c);
     const acc_t a = rstd[ng] * (weight ? weight[c] : acc_t(1));
     const acc_t xhat = (static_cast<acc_t>(x[i]) - mean[ng]) * rstd[ng];
     dx[i] = static_cast<T>(a * static_cast<acc_t>(dy[i]) + xhat * kxhat[ng] + kc[ng]);

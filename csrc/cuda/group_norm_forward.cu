@@ -77,12 +77,10 @@ __global__ void apply_kernel(const T* __restrict__ x, T* __restrict__ y, GroupNo
                              const acc_t* __restrict__ mean, const acc_t* __restrict__ rstd,
                              const acc_t* __restrict__ weight, const acc_t* __restrict__ bias) {
   const int64_t total = sh.numel();
-  const int64_t D = sh.channels_per_group();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t n, c;
-    element_nc(sh, i, &n, &c);
-    const int64_t ng = n * sh.groups + c / D;
+    int64_t c;
+    const int64_t ng = element_slab(sh, i, &c);
     const acc_t scale = rstd[ng] * (weight ? weight[c] : acc_t(1));
     y[i] = static_cast<T>((static_cast<acc_t>(x[i]) - mean[ng]) * scale + (bias ? bias[c] : acc_t(0)));
   }
