@@ -49,15 +49,15 @@ BackwardResult composite_backward(const Tensor& grad_out, const Tensor& input,
   const int64_t N = input.size(0), C = input.size(1);
   const Tensor x = input.to(acc_t).reshape({N, G, C / G, -1});
   const Tensor dy = grad_out.to(acc_t).reshape({N, G, C / G, -1});
-  const Tensor mean = x.mean({2, 3}, /*keepdim=*/true);
-  const Tensor var = (x - mean).square().mean({2, 3}, /*keepdim=*/true);
+  const Tensor mean = x.mean(at::IntArrayRef{2, 3}, /*keepdim=*/true);
+  const Tensor var = (x - mean).square().mean(at::IntArrayRef{2, 3}, /*keepdim=*/true);
   const Tensor rstd = (var + eps).rsqrt();
   const Tensor xhat = (x - mean) * rstd;
   const Tensor dxhat = weight.defined() ? dy * weight.to(acc_t).reshape({1, G, C / G, 1}) : dy;
   const Tensor grad_input =
-      rstd * (dxhat - dxhat.mean({2, 3}, true) - xhat * (dxhat * xhat).mean({2, 3}, true));
+      rstd * (dxhat - dxhat.mean(at::IntArrayRef{2, 3}, true) - xhat * (dxhat * xhat).mean(at::IntArrayRef{2, 3}, true));
   return {grad_input.reshape(input.sizes()).to(input.scalar_type()),
-          (dy * xhat).sum({0, 3}).reshape({C}), dy.sum({0, 3}).reshape({C})};
+          (dy * xhat).sum(at::IntArrayRef{0, 3}).reshape({C}), dy.sum(at::IntArrayRef{0, 3}).reshape({C})};
 }
 
 class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {

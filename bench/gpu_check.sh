@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One-command GPU check, for a machine with a GPU and no package registry:
+#   bench/gpu_check.sh [OUT_DIR]
+# 1. builds the extension in place with this machine's own python3 and torch (no venv, no
+#    downloads), for this GPU's architecture only;
+# 2. runs every CUDA test (pytest -k cuda: tests/test_cuda.py and the CUDA cases of the others);
+# 3. runs compute-sanitizer memcheck and racecheck on bench/gpu_sanitize.py;
+# 4. runs the GPU benchmark (bench/bench.py --device cuda) and writes its Markdown table.
+# Logs and the table go to OUT_DIR (default: $OUT, else bench/results/gpu-check). Each step has
+# a time limit so that the whole check fits one 10-minute call; the exit status is non-zero
+# when any step failed. BENCH_ARGS adds arguments to bench.py (default: --reps 20).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-bench/results/gpu-check}}
+mkdir -p "$OUT_DIR"
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+status=0
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+step environment
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
+$PY -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
+nvcc --version | tail -2 || true
+ARCH=$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
+
+step "build (TORCH_CUDA_ARCH_LIST=$ARCH)"
+if ! TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$ARCH} MAX_JOBS=${MAX_JOBS:-$(nproc)} FORCE_CUDA=1 \
+    timeout ${BUILD_TIMEOUT:-300} $PY setup.py -q build_ext --inplace >"$OUT_DIR/build.log" 2>&1; then
+  tail -40 "$OUT_DIR/build.log"; echo "BUILD FAILED"; exit 1
+fi
+grep -iE "warning|groupnorm_ext: building" "$OUT_DIR/build.log" | grep -v "Wno-" | head -20
+$PY -c 'import groupnorm_ext as g; print("built_with_cuda", g.built_with_cuda(), "cpu", g.cpu_capability())' || exit 1
+$PY bench/static_check.py --arch "sm_${ARCH/./}" >"$OUT_DIR/static_check.md" 2>&1 || true
+cat "$OUT_DIR/static_check.md" 2>/dev/null | tail -25
+
+step "CUDA tests"
+timeout ${TEST_TIMEOUT:-240} $PY -m pytest -q -p no:cacheprovider -k cuda -m "not large" \
+    --ignore=tests/test_cpp_deploy.py --ignore=tests/test_distributed.py tests \
+    >"$OUT_DIR/tests.log" 2>&1 || status=1
+grep -E "^(FAILED|ERROR)" "$OUT_DIR/tests.log" | head -40
+tail -3 "$OUT_DIR/tests.log"
+
+step "compute-sanitizer"
+for tool in memcheck racecheck; do
+  timeout ${SANITIZER_TIMEOUT:-100} compute-sanitizer --tool $tool --error-exitcode 9 \
+      $PY bench/gpu_sanitize.py >"$OUT_DIR/sanitizer-$tool.log" 2>&1
+  rc=$?; [ $rc -ne 0 ] && status=1
+  echo "$tool: exit $rc; $(grep -cE '^========= (Invalid|Race|Error)' "$OUT_DIR/sanitizer-$tool.log") reports"
+  tail -2 "$OUT_DIR/sanitizer-$tool.log"
+done
+
+step benchmark
+MACHINE=$($PY -c 'import re, torch; print(re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-"))')
+timeout ${BENCH_TIMEOUT:-300} $PY bench/bench.py --device cuda ${BENCH_ARGS:---reps 20} \
+    --out "$OUT_DIR/$MACHINE.md" --save "$OUT_DIR/$MACHINE.json" 2>"$OUT_DIR/bench-progress.log" \
+    | tail -n +3 >"$OUT_DIR/bench-stdout.log" || status=1
+grep -E "ERROR|MISMATCH" "$OUT_DIR/bench-progress.log" | head -20
+cat "$OUT_DIR/$MACHINE.md" 2>/dev/null | head -80
+echo; echo "gpu_check: $([ $status -eq 0 ] && echo PASSED || echo FAILED) ($(date +%T))"
+exit $status
