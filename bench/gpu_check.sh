@@ -38,7 +38,8 @@ step "CUDA tests"
 timeout ${TEST_TIMEOUT:-240} $PY -m pytest -q -p no:cacheprovider -k cuda -m "not large" \
     --ignore=tests/test_cpp_deploy.py --ignore=tests/test_distributed.py tests \
     >"$OUT_DIR/tests.log" 2>&1 || status=1
-grep -E "^(FAILED|ERROR)" "$OUT_DIR/tests.log" | head -40
+grep -E "^(FAILED|ERROR)" "$OUT_DIR/tests.log" | head -60
+grep -E "^E  " "$OUT_DIR/tests.log" | head -30
 tail -3 "$OUT_DIR/tests.log"
 
 step "compute-sanitizer"
@@ -57,5 +58,8 @@ timeout ${BENCH_TIMEOUT:-300} $PY bench/bench.py --device cuda ${BENCH_ARGS:---r
     | tail -n +3 >"$OUT_DIR/bench-stdout.log" || status=1
 grep -E "ERROR|MISMATCH" "$OUT_DIR/bench-progress.log" | head -20
 cat "$OUT_DIR/$MACHINE.md" 2>/dev/null | head -80
+# the logs in one archive (a results folder then holds: table .md/.png/.json + logs.tar.gz)
+(cd "$OUT_DIR" && tar czf logs.tar.gz ./*.log static_check.md 2>/dev/null && rm -f build.log tests.log \
+    sanitizer-*.log bench-*.log static_check.md)
 echo; echo "gpu_check: $([ $status -eq 0 ] && echo PASSED || echo FAILED) ($(date +%T))"
 exit $status

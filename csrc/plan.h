@@ -218,4 +218,91 @@ GN_HOST_DEVICE VectorSplit split_for_vectors(int64_t begin, int64_t end, int64_t
   return split;
 }
 
+// ---------------------------------------------------------------------------------
+// Elementwise passes walk each sample (the C * S elements of one n, contiguous in both
+// memory orders) in tiles of a fixed number of elements. What an element needs is its
+// channel c: e / S in NCS order, e % C in NSC order (e = offset inside the sample). A
+// tile computes one 64-bit division at its start; inside the tile the offsets are small,
+// so a 32-bit multiply-shift division (or one compare, when the divisor is at least the
+// tile) finishes the job.
+
+// Unsigned division by a fixed divisor d in [1, 2^31] for numerators n < 2^31: one
+// high multiply, one add, one shift (Granlund-Montgomery; the same scheme as ATen's
+// IntDivider), on host and device alike so the CPU tests check the device arithmetic.
+struct FastDivU32 {
+  uint32_t divisor = 1;
+  uint32_t magic = 1;
+  uint32_t shift = 0;
+
+  FastDivU32() = default;
+  GN_HOST_DEVICE explicit FastDivU32(uint32_t d) : divisor(d) {
+    shift = 0;
+    while (shift < 32 && (uint64_t(1) << shift) < d) ++shift;
+    magic = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d)) / d + 1);
+  }
+  GN_HOST_DEVICE uint32_t div(uint32_t n) const {
+#if defined(__CUDA_ARCH__)
+    const uint32_t t = __umulhi(n, magic);
+#else
+    const uint32_t t = static_cast<uint32_t>((static_cast<uint64_t>(n) * magic) >> 32);
+#endif
+    return (t + n) >> shift;
+  }
+};
+
+// a / b for a >= 0, b > 0, with 32-bit arithmetic when both fit (an inline instruction
+// sequence on the GPU instead of the 64-bit division subroutine).
+GN_HOST_DEVICE int64_t div_nonneg(int64_t a, int64_t b) {
+  if (((a | b) >> 31) == 0) return static_cast<int64_t>(static_cast<uint32_t>(a) / static_cast<uint32_t>(b));
+  return a / b;
+}
+
+// Channel of each element of a tile. The divisor is S (NCS) or C (NSC); at the tile start
+// e0, (q0, r0) = divmod(e0, divisor). An element at e0 + l (0 <= l < tile) has
+// m = r0 + l < divisor + tile: when divisor >= tile, m / divisor is 0 or 1 (a compare),
+// otherwise m < 2 * tile fits the 32-bit division.
+struct TileChannels {
+  int64_t divisor;  // S for NCS, C for NSC
+  int64_t tile;     // elements per tile (<= 2^30)
+  bool ncs;
+  FastDivU32 fast;  // valid when divisor < tile
+
+  TileChannels() = default;
+  GN_HOST_DEVICE TileChannels(const GroupNormShape& sh, int64_t tile_elems)
+      : divisor(sh.order == MemoryOrder::NCS ? sh.S : sh.C), tile(tile_elems),
+        ncs(sh.order == MemoryOrder::NCS),
+        fast(static_cast<uint32_t>(divisor >= 1 && divisor < tile_elems ? divisor : 1)) {}
+
+  // (q0, r0) of the tile starting at sample offset e0.
+  GN_HOST_DEVICE void start(int64_t e0, int64_t* q0, int64_t* r0) const {
+    *q0 = div_nonneg(e0, divisor);
+    *r0 = e0 - *q0 * divisor;
+  }
+  // Channel of the element at e0 + l.
+  GN_HOST_DEVICE int64_t channel(int64_t q0, int64_t r0, int64_t l) const {
+    const int64_t m = r0 + l;
+    int64_t q;
+    if (divisor >= tile) {
+      q = m >= divisor ? 1 : 0;
+    } else {
+      q = fast.div(static_cast<uint32_t>(m));
+    }
+    return ncs ? q0 + q : m - q * divisor;
+  }
+};
+
+// Tiles per sample and their size for an elementwise pass over a tensor of `shape`.
+GN_HOST_DEVICE int64_t tiles_per_sample(const GroupNormShape& sh, int64_t tile) {
+  const int64_t L = sh.C * sh.S;
+  return (L + tile - 1) / tile;
+}
+
+// The fixed combine tree of combine_moments_tree, one level at a time: at level `stride`
+// (1, 2, 4, ...) pair p combines partials[2 * stride * p] with partials[2 * stride * p +
+// stride] when that exists. Pairs of one level are independent, so a CUDA block runs a
+// level in parallel and gets the bits of the sequential loop.
+GN_HOST_DEVICE int64_t tree_level_pairs(int64_t n, int64_t stride) {
+  return n > stride ? (n - stride + 2 * stride - 1) / (2 * stride) : 0;
+}
+
 }  // namespace groupnorm_ext

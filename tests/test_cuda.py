@@ -30,6 +30,9 @@ SHAPES = [
     ((3, 10, 7, 9), 5),          # odd everything
     ((2, 40, 17, 13), 8),        # group larger than a warp, not a multiple of any vector width
     ((1, 16, 33, 65), 2),        # ~17k elements per group
+    ((2, 8, 3, 5), 4),           # vectorised apply, S % vector != 0: channels change inside a vector
+    ((2, 6, 4, 4), 3),           # channels_last with C % vector != 0
+    ((2, 32, 32, 32), 4),        # one slab over a full cluster of blocks (single-read forward)
 ]
 CASES = [pytest.param(s, g, lay, id=f"{shape_id(s)}-G{g}-{lay}") for s, g in SHAPES for lay in layouts_for_rank(len(s))]
 
@@ -199,3 +202,76 @@ def test_runs_on_current_device_stream():
     torch.cuda.current_stream().wait_stream(s)
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
     torch.testing.assert_close(total, expected.sum(), atol=1e-3, rtol=1e-5)
+
+
+# (shape, G, layout, dtype, affine dtype): one case per kernel path of the CUDA executors.
+PATH_CASES = [
+    ((2, 320, 64, 64), 32, "contiguous", torch.float32, None),         # fused, cluster of 8 (SD-UNet block)
+    ((2, 320, 64, 64), 32, "channels_last", torch.float16, None),      # NSC stats, vectorised, lanes > 1
+    ((1, 64, 96, 96), 2, "contiguous", torch.bfloat16, torch.float32),  # slab over the on-chip limit: chunked
+    ((1, 64, 96, 96), 2, "contiguous", torch.float16, None),
+    ((1, 64, 64, 64), 2, "contiguous", torch.float16, None),           # exactly 8 blocks of registers
+    ((1, 8, 300, 700), 1, "contiguous", torch.float32, None),          # G=1, many chunks: parallel tree
+    ((1, 32, 160, 160), 1, "channels_last", torch.float32, None),      # NSC, G=1, 3200 chunks
+    ((2, 4096, 3, 5), 32, "channels_last", torch.float32, None),       # C too large for shared slots
+    ((1, 8192, 2, 2), 64, "channels_last", torch.bfloat16, None),      # C >= the elementwise tile
+    ((2, 1280, 16, 16), 32, "channels_last", torch.bfloat16, torch.float32),  # cols > threads
+    ((3, 64, 9, 11), 16, "contiguous", torch.float64, None),           # double everywhere
+    ((2, 64, 8, 8), 16, "contiguous", torch.bfloat16, torch.float32),  # fused, float32 affine
+    ((2, 16, 5000), 4, "contiguous", torch.float16, None),             # rank 3, slab 20000 (cluster)
+    ((1, 4, 3, 100, 100), 2, "channels_last_3d", torch.float32, None),
+    ((5, 7), 7, "contiguous", torch.float32, None),                    # rank 2, one element per group
+]
+
+
+@pytest.mark.parametrize("shape,G,layout,dtype,affine_dtype", PATH_CASES,
+                         ids=[f"{shape_id(c[0])}-G{c[1]}-{c[2]}-{str(c[3])[6:]}-{c[4] and 'f32affine'}"
+                              for c in PATH_CASES])
+def test_kernel_paths(shape, G, layout, dtype, affine_dtype):
+    x = make(shape, dtype, layout, seed=30, requires_grad=True)
+    w, b = make_affine(shape[1], affine_dtype or dtype, seed=31, device=DEVICE, requires_grad=True)
+    gy = make_grad_out(shape, dtype, layout, seed=32, device=DEVICE)
+    out, mean, rstd = ops.group_norm_forward(x.detach(), G, w.detach(), b.detach(), 1e-5, "identity")
+    if layout != "misaligned":
+        assert_memory_format_preserved(out, x)
+    exp, exp_mean, exp_rstd = ref_group_norm(x.detach().cpu(), G, w.detach().cpu(), b.detach().cpu())
+    torch.testing.assert_close(mean.double().cpu(), exp_mean, **STAT_TOLERANCES[stat_dtype(dtype)])
+    torch.testing.assert_close(rstd.double().cpu(), exp_rstd, **STAT_TOLERANCES[stat_dtype(dtype)])
+    torch.testing.assert_close(out.double().cpu(), exp, **forward_tol(dtype, x.detach().cpu(), G, w.detach().cpu()))
+    groupnorm_ext.group_norm(x, G, w, b).backward(gy)
+    exp_g = ref_grads(x.detach().cpu(), G, w.detach().cpu(), b.detach().cpu(), gy.cpu())
+    for name, got, e in zip(("grad_input", "grad_weight", "grad_bias"), (x.grad, w.grad, b.grad), exp_g):
+        scale = max(e.abs().max().item(), 1.0)  # sums over many elements: relative to their size
+        tl = tol(dtype, grad=True)
+        torch.testing.assert_close(got.double().cpu() / scale, e / scale, msg=lambda m: f"{name}: {m}", **tl)
+
+
+@pytest.mark.parametrize("shape,G,layout", [((2, 32, 32, 32), 4, "contiguous"), ((1, 8, 300, 700), 1, "contiguous"),
+                                            ((1, 32, 160, 160), 1, "channels_last")],
+                         ids=["cluster", "chunked", "nsc-chunked"])
+def test_paths_deterministic(shape, G, layout):
+    x = make(shape, torch.float32, layout, seed=33, requires_grad=True)
+    w, b = make_affine(shape[1], seed=34, device=DEVICE, requires_grad=True)
+    gy = make_grad_out(shape, torch.float32, layout, seed=35, device=DEVICE)
+    runs = []
+    for _ in range(2):
+        xx, ww, bb = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+        out = groupnorm_ext.group_norm(xx, G, ww, bb)
+        out.backward(gy)
+        runs.append((out.detach(), xx.grad, ww.grad, bb.grad))
+    for a, c in zip(*runs):
+        assert torch.equal(a, c), "two identical runs gave different bits"
+
+
+def test_large_offset_float32_statistics():
+    # |mean| >> std and |x| ~ 1e30: moments in double, two-pass (no cancellation, no overflow)
+    x = (torch.randn(2, 32, 40, 40, device=DEVICE, dtype=torch.float64) * 1e3 + 1e7).float()
+    out, mean, rstd = ops.group_norm_forward(x, 8, None, None, 1e-5, "identity")
+    exp, exp_mean, exp_rstd = ref_group_norm(x.cpu(), 8)
+    torch.testing.assert_close(rstd.double().cpu(), exp_rstd, rtol=1e-4, atol=0)
+    torch.testing.assert_close(mean.double().cpu(), exp_mean, rtol=1e-6, atol=0)
+    big = torch.randn(1, 8, 64, 64, device=DEVICE) * 1e30
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out, mean, rstd = ops.group_norm_forward(big.contiguous(memory_format=layout), 2, None, None, 1e-5, "identity")
+        assert torch.isfinite(rstd).all() and torch.isfinite(out).all()
+        torch.testing.assert_close(rstd.double().cpu(), ref_group_norm(big.cpu(), 2)[2], rtol=1e-4, atol=0)

@@ -86,3 +86,37 @@ def test_vector_split(begin, end, misalign, vec):
     if body_end > head_end:
         assert (misalign + head_end) % vec == 0  # the body starts aligned
     assert head_end - begin < vec and end - body_end < vec or head_end == end
+
+
+@pytest.mark.parametrize("divisor", [1, 2, 3, 5, 7, 10, 64, 100, 320, 1000, 4095, 4096, 4097, 65535, 2**20 + 7,
+                                     2**30, 2**31 - 1, 2**31])
+def test_fast_div_matches_integer_division(divisor):
+    # what the CUDA elementwise passes use to find channels: exact for numerators < 2^31
+    gen = torch.Generator().manual_seed(divisor % 1000)
+    n = torch.cat([torch.arange(0, 5000), torch.randint(0, 2**31, (20000,), generator=gen),
+                   torch.tensor([2**31 - 1, 2**31 - 2, divisor - 1, divisor, divisor + 1]).clamp(0, 2**31 - 1),
+                   torch.arange(1, 50) * divisor]).clamp(max=2**31 - 1)
+    assert torch.equal(_C._plan_fast_div(divisor, n), n // divisor)
+
+
+@pytest.mark.parametrize("N,C,S", [(2, 6, 7), (1, 320, 64), (3, 5, 1), (2, 1, 9000), (1, 8200, 2), (2, 8, 4096),
+                                   (1, 3, 5000), (2, 4100, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("tile", [1, 4, 1024, 4096, 8192])
+def test_tile_channels(N, C, S, channels_last, tile):
+    # the channel of every element as the tiled CUDA passes compute it (one 64-bit division
+    # per tile, then a compare or a 32-bit division) equals the layout's true channel
+    got = _C._plan_tile_channels(N, C, S, 1, channels_last, tile)
+    if channels_last:
+        ref = torch.arange(C).repeat(N * S)
+    else:
+        ref = torch.arange(C).repeat_interleave(S).repeat(N)
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("K,L", [(1, 5), (2, 3), (5, 7), (64, 3), (1000, 2), (4097, 1)])
+def test_combine_by_levels_matches_sequential_tree(K, L):
+    # the CUDA finalize runs each level of the tree in parallel: same bits as the loop
+    torch.manual_seed(K + L)
+    data = torch.randn(K, L, dtype=torch.float64) * 5 + 3e3
+    assert _C._plan_combine_chunks_by_levels(data) == _C._plan_combine_chunks(data)

@@ -1,7 +1,8 @@
-// CUDA backward (same math as cpu/group_norm_backward.cpp): per-(n, c, chunk) partial
-// sums of dy and dy * (x - mean) in one block each, a fixed-order combine per (n, group)
-// that also yields the grad_input coefficients, a per-channel reduction over n for
-// grad_weight / grad_bias, and an elementwise grad_input pass. No atomics anywhere.
+// CUDA backward (same math as cpu/group_norm_backward.cpp): per-(n, c, chunk) partial sums
+// of dy and dy * (x - mean) (backward_sums.cu), then one block per (n, group) adds each
+// channel's chunks and the group's channels in a fixed order and writes the grad_input
+// coefficients, a per-channel sum over n for grad_weight / grad_bias, and an elementwise
+// grad_input pass. No atomics anywhere.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -9,82 +10,85 @@
 #include <torch/library.h>
 
 #include "../group_norm.h"
+#include "backward.h"
 #include "block_reduce.cuh"
+#include "tiled_elementwise.cuh"
 
 namespace groupnorm_ext {
+namespace cuda {
 namespace {
 
-template <typename T>
-using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
-// Gradient sums and coefficients in double, as on the CPU.
-using reduce_t = double;
+constexpr int kCoefThreads = 256;
 
-constexpr int kSumThreads = 256;
-constexpr int kApplyThreads = 256;
-
-// One block per (n, c, k): k-th spatial chunk of channel c of sample n.
-template <typename T, typename acc_t = acc_type<T>>
-__global__ void channel_chunk_sums_kernel(const T* __restrict__ dy, const T* __restrict__ x,
-                                          const acc_t* __restrict__ mean, GroupNormShape sh,
-                                          ChunkPlan plan, reduce_t* __restrict__ part_dy,
-                                          reduce_t* __restrict__ part_dy_xc) {
-  __shared__ reduce_t shared[2 * cuda::kWarpSize];
-  const int64_t K = plan.num_chunks;
-  const int64_t task = blockIdx.x;  // (n * C + c) * K + k
-  const int64_t k = task % K, nc = task / K;
-  const int64_t n = nc / sh.C, c = nc % sh.C;
-  const reduce_t mu = mean[n * sh.groups + c / sh.channels_per_group()];
-  reduce_t sum_dy = 0, sum_dy_xc = 0;
-  for (int64_t s = plan.begin(k) + threadIdx.x; s < plan.end(k, sh.S); s += blockDim.x) {
-    const int64_t off = sh.offset(n, c, s);
-    const reduce_t g = static_cast<reduce_t>(dy[off]);
-    sum_dy += g;
-    sum_dy_xc += g * (static_cast<reduce_t>(x[off]) - mu);
-  }
-  cuda::block_sum2(sum_dy, sum_dy_xc, shared);
-  if (threadIdx.x == 0) {
-    part_dy[task] = sum_dy;
-    part_dy_xc[task] = sum_dy_xc;
-  }
-}
-
-// One thread per (n, g): per-channel sums over chunks (in chunk order), then the grad_input
-// coefficients of the group: dx = rstd * w * dy + xhat * kxhat + kc. xhat is formed per
-// element, so no coefficient needs rstd^2 or rstd^3 (they underflow for large inputs).
+// Per (n, c): dx = a * dy + ((x - mean) * rstd) * kx + kc. xhat is formed per element, so
+// no coefficient needs rstd^2 or rstd^3 (they underflow for large inputs).
 template <typename acc_t>
-__global__ void group_coefficients_kernel(const reduce_t* __restrict__ part_dy,
-                                          const reduce_t* __restrict__ part_dy_xc, int64_t K,
-                                          GroupNormShape sh, const acc_t* __restrict__ rstd,
-                                          const acc_t* __restrict__ weight,
-                                          reduce_t* __restrict__ sum_dy, reduce_t* __restrict__ sum_dy_xc,
-                                          acc_t* __restrict__ kxhat, acc_t* __restrict__ kc) {
-  const int64_t ng = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (ng >= sh.N * sh.groups) return;
-  const int64_t n = ng / sh.groups, g = ng % sh.groups, D = sh.channels_per_group();
-  reduce_t sum_dxhat = 0, sum_dxhat_xc = 0;
-  for (int64_t c = g * D; c < (g + 1) * D; ++c) {
+struct alignas(4 * sizeof(acc_t)) GradCoef {
+  acc_t a, mean, rstd, kx;
+};
+
+// One block per (n, g). Each warp adds the K chunk partials of some of the group's
+// channels (lane-strided, then the shuffle tree); warp 0 then adds the channels.
+template <typename acc_t, typename param_t>
+__global__ void __launch_bounds__(kCoefThreads) group_coefficients_kernel(
+    const reduce_t* __restrict__ part_dy, const reduce_t* __restrict__ part_dy_xc, int64_t K, GroupNormShape sh,
+    const acc_t* __restrict__ mean, const acc_t* __restrict__ rstd, const param_t* __restrict__ weight,
+    reduce_t* sum_dy, reduce_t* sum_dy_xc, GradCoef<acc_t>* __restrict__ coef, acc_t* __restrict__ kc_out) {
+  __shared__ reduce_t group[2];
+  const int64_t ng = blockIdx.x;
+  const int64_t n = ng / sh.groups, g = ng - n * sh.groups, D = sh.channels_per_group();
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  for (int64_t j = warp; j < D; j += kCoefThreads / kWarpSize) {
+    const int64_t nc = n * sh.C + g * D + j;
     reduce_t a = 0, b = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      a += part_dy[(n * sh.C + c) * K + k];
-      b += part_dy_xc[(n * sh.C + c) * K + k];
+    for (int64_t k = lane; k < K; k += kWarpSize) {
+      a += part_dy[nc * K + k];
+      b += part_dy_xc[nc * K + k];
     }
-    sum_dy[n * sh.C + c] = a;
-    sum_dy_xc[n * sh.C + c] = b;
-    const reduce_t w = weight ? static_cast<reduce_t>(weight[c]) : reduce_t(1);
-    sum_dxhat += w * a;
-    sum_dxhat_xc += w * b;
+    a = warp_sum(a);
+    b = warp_sum(b);
+    if (lane == 0) {
+      sum_dy[nc] = a;
+      sum_dy_xc[nc] = b;
+    }
   }
-  const reduce_t r = rstd[ng];
-  const reduce_t inv_m = reduce_t(1) / static_cast<reduce_t>(D * sh.S);
-  kxhat[ng] = static_cast<acc_t>(-r * (r * sum_dxhat_xc) * inv_m);
-  kc[ng] = static_cast<acc_t>(-r * sum_dxhat * inv_m);
+  __syncthreads();  // the channel sums (global memory) are visible to the block
+  if (warp == 0) {
+    reduce_t s_dxhat = 0, s_dxhat_xc = 0;
+    for (int64_t j = lane; j < D; j += kWarpSize) {
+      const int64_t c = g * D + j;
+      const reduce_t w = weight ? static_cast<reduce_t>(weight[c]) : reduce_t(1);
+      s_dxhat += w * sum_dy[n * sh.C + c];
+      s_dxhat_xc += w * sum_dy_xc[n * sh.C + c];
+    }
+    s_dxhat = warp_sum(s_dxhat);
+    s_dxhat_xc = warp_sum(s_dxhat_xc);
+    if (lane == 0) {
+      const reduce_t r = rstd[ng];
+      const reduce_t inv_m = reduce_t(1) / static_cast<reduce_t>(D * sh.S);
+      group[0] = -r * (r * s_dxhat_xc) * inv_m;  // kx
+      group[1] = -r * s_dxhat * inv_m;            // kc
+    }
+  }
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    const int64_t c = g * D + j;
+    const reduce_t r = rstd[ng];
+    GradCoef<acc_t> cf;
+    cf.a = static_cast<acc_t>(r * (weight ? static_cast<reduce_t>(weight[c]) : reduce_t(1)));
+    cf.mean = mean[ng];
+    cf.rstd = rstd[ng];
+    cf.kx = static_cast<acc_t>(group[0]);
+    coef[n * sh.C + c] = cf;
+    kc_out[n * sh.C + c] = static_cast<acc_t>(group[1]);
+  }
 }
 
 // One thread per channel: sums over the batch in order n = 0, 1, ...
-template <typename acc_t>
+template <typename acc_t, typename param_t>
 __global__ void param_grads_kernel(const reduce_t* __restrict__ sum_dy, const reduce_t* __restrict__ sum_dy_xc,
                                    const acc_t* __restrict__ rstd, GroupNormShape sh,
-                                   reduce_t* __restrict__ grad_weight, reduce_t* __restrict__ grad_bias) {
+                                   param_t* __restrict__ grad_weight, param_t* __restrict__ grad_bias) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= sh.C) return;
   const int64_t g = c / sh.channels_per_group();
@@ -93,83 +97,59 @@ __global__ void param_grads_kernel(const reduce_t* __restrict__ sum_dy, const re
     gw += sum_dy_xc[n * sh.C + c] * static_cast<reduce_t>(rstd[n * sh.groups + g]);
     gb += sum_dy[n * sh.C + c];
   }
-  grad_weight[c] = gw;
-  grad_bias[c] = gb;
+  if (grad_weight) grad_weight[c] = static_cast<param_t>(gw);
+  if (grad_bias) grad_bias[c] = static_cast<param_t>(gb);
 }
 
-template <typename T, typename acc_t = acc_type<T>>
-__global__ void grad_input_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx,
-                                  GroupNormShape sh, const acc_t* __restrict__ mean,
-                                  const acc_t* __restrict__ rstd, const acc_t* __restrict__ weight,
-                                  const acc_t* __restrict__ kxhat, const acc_t* __restrict__ kc) {
-  const int64_t total = sh.numel();
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t c;
-    const int64_t ng = element_slab(sh, i, &c);
-    const acc_t a = rstd[ng] * (weight ? weight[c] : acc_t(1));
-    const acc_t xhat = (static_cast<acc_t>(x[i]) - mean[ng]) * rstd[ng];
-    dx[i] = static_cast<T>(a * static_cast<acc_t>(dy[i]) + xhat * kxhat[ng] + kc[ng]);
+template <typename acc_t>
+struct GradInputOp {
+  const GradCoef<acc_t>* coef;
+  const acc_t* kc;
+  __device__ __forceinline__ acc_t operator()(int64_t nc, acc_t dy, acc_t x) const {
+    const GradCoef<acc_t> cf = coef[nc];
+    return cf.a * dy + ((x - cf.mean) * cf.rstd) * cf.kx + kc[nc];
   }
-}
+};
 
-unsigned blocks_for(int64_t items, int threads) {
-  return static_cast<unsigned>(std::max<int64_t>(1, (items + threads - 1) / threads));
-}
-
-template <typename T>
+template <typename T, typename param_t>
 void backward_impl(const BackwardProblem& bp, Tensor& grad_input, Tensor& grad_weight, Tensor& grad_bias) {
   using acc_t = acc_type<T>;
   const ForwardProblem& p = bp.fwd;
   const GroupNormShape& sh = p.shape;
-  const ChunkPlan plan = make_chunk_plan(sh.S, 1);
-  const int64_t K = plan.num_chunks;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t NC = sh.N * sh.C, NG = sh.N * sh.groups;
+  Tensor part_dy, part_dy_xc;
+  const int64_t K = backward_channel_sums(bp, part_dy, part_dy_xc, stream);
+
   const auto acc_opts = bp.mean.options();
-  auto stream = at::cuda::getCurrentCUDAStream();
-  const Tensor w = p.weight.defined() ? p.weight.to(bp.mean.scalar_type()) : Tensor();
-  const acc_t* w_ptr = w.defined() ? w.const_data_ptr<acc_t>() : nullptr;
-  const acc_t* mean = bp.mean.const_data_ptr<acc_t>();
-  const acc_t* rstd = bp.rstd.const_data_ptr<acc_t>();
-  const T* x = p.input.const_data_ptr<T>();
-  const T* dy = bp.grad_out.const_data_ptr<T>();
-
-  const auto reduce_opts = acc_opts.dtype(at::kDouble);
-  Tensor part = at::empty({2, NC * K}, reduce_opts);
-  TORCH_CHECK(NC * K <= INT32_MAX, "group_norm_backward (CUDA): too many chunks (", NC * K, ")");
-  channel_chunk_sums_kernel<T><<<static_cast<unsigned>(NC * K), kSumThreads, 0, stream>>>(
-      dy, x, mean, sh, plan, part[0].mutable_data_ptr<reduce_t>(), part[1].mutable_data_ptr<reduce_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-  Tensor sums = at::empty({2, NC}, reduce_opts);
-  Tensor coeffs = at::empty({2, NG}, acc_opts);
-  group_coefficients_kernel<acc_t><<<blocks_for(NG, 128), 128, 0, stream>>>(
-      part[0].const_data_ptr<reduce_t>(), part[1].const_data_ptr<reduce_t>(), K, sh, rstd, w_ptr,
-      sums[0].mutable_data_ptr<reduce_t>(), sums[1].mutable_data_ptr<reduce_t>(),
-      coeffs[0].mutable_data_ptr<acc_t>(), coeffs[1].mutable_data_ptr<acc_t>());
+  Tensor sums = at::empty({2, NC}, acc_opts.dtype(at::kDouble));
+  Tensor coef = at::empty({NC * static_cast<int64_t>(sizeof(GradCoef<acc_t>) / sizeof(acc_t))}, acc_opts);
+  Tensor kc = at::empty({NC}, acc_opts);
+  const param_t* w = p.weight.defined() ? p.weight.const_data_ptr<param_t>() : nullptr;
+  TORCH_CHECK(NG <= INT32_MAX, "group_norm_backward (CUDA): too many (n, group) slabs (", NG, ")");
+  auto* coef_ptr = reinterpret_cast<GradCoef<acc_t>*>(coef.mutable_data_ptr<acc_t>());
+  group_coefficients_kernel<acc_t, param_t><<<static_cast<unsigned>(NG), kCoefThreads, 0, stream>>>(
+      part_dy.const_data_ptr<reduce_t>(), part_dy_xc.const_data_ptr<reduce_t>(), K, sh,
+      bp.mean.const_data_ptr<acc_t>(), bp.rstd.const_data_ptr<acc_t>(), w, sums[0].mutable_data_ptr<reduce_t>(),
+      sums[1].mutable_data_ptr<reduce_t>(), coef_ptr, kc.mutable_data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   if (grad_weight.defined() || grad_bias.defined()) {
-    Tensor gw = at::empty({sh.C}, reduce_opts), gb = at::empty({sh.C}, reduce_opts);
-    param_grads_kernel<acc_t><<<blocks_for(sh.C, 128), 128, 0, stream>>>(
-        sums[0].const_data_ptr<reduce_t>(), sums[1].const_data_ptr<reduce_t>(), rstd, sh,
-        gw.mutable_data_ptr<reduce_t>(), gb.mutable_data_ptr<reduce_t>());
+    param_grads_kernel<acc_t, param_t><<<grid_for((sh.C + 127) / 128, INT32_MAX), 128, 0, stream>>>(
+        sums[0].const_data_ptr<reduce_t>(), sums[1].const_data_ptr<reduce_t>(), bp.rstd.const_data_ptr<acc_t>(), sh,
+        grad_weight.defined() ? grad_weight.mutable_data_ptr<param_t>() : nullptr,
+        grad_bias.defined() ? grad_bias.mutable_data_ptr<param_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (grad_weight.defined()) grad_weight.copy_(gw);
-    if (grad_bias.defined()) grad_bias.copy_(gb);
   }
   if (grad_input.defined()) {
-    const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-    const unsigned blocks = static_cast<unsigned>(
-        std::min<int64_t>(blocks_for(sh.numel(), kApplyThreads), sms * 32));
-    grad_input_kernel<T><<<blocks, kApplyThreads, 0, stream>>>(
-        dy, x, grad_input.mutable_data_ptr<T>(), sh, mean, rstd, w_ptr,
-        coeffs[0].const_data_ptr<acc_t>(), coeffs[1].const_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const T* const in[2] = {bp.grad_out.const_data_ptr<T>(), p.input.const_data_ptr<T>()};
+    launch_tiled_elementwise<T, 2>(sh, in, grad_input.mutable_data_ptr<T>(),
+                                   GradInputOp<acc_t>{coef_ptr, kc.const_data_ptr<acc_t>()}, stream);
   }
 }
 
 }  // namespace
+}  // namespace cuda
 
 BackwardResult group_norm_backward_cuda(const Tensor& grad_out, const Tensor& input,
                                         const Tensor& mean, const Tensor& rstd,
@@ -187,8 +167,17 @@ BackwardResult group_norm_backward_cuda(const Tensor& grad_out, const Tensor& in
   Tensor& grad_input = std::get<0>(grads);
   Tensor& grad_weight = std::get<1>(grads);
   Tensor& grad_bias = std::get<2>(grads);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_backward_cuda",
-                                  [&] { backward_impl<scalar_t>(bp, grad_input, grad_weight, grad_bias); });
+  const at::ScalarType param_type = p.weight.defined() ? p.weight.scalar_type()
+                                    : p.bias.defined() ? p.bias.scalar_type() : input.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_backward_cuda", [&] {
+    if constexpr (cuda::takes_float_params<scalar_t>()) {
+      if (param_type == at::kFloat) {
+        cuda::backward_impl<scalar_t, float>(bp, grad_input, grad_weight, grad_bias);
+        return;
+      }
+    }
+    cuda::backward_impl<scalar_t, scalar_t>(bp, grad_input, grad_weight, grad_bias);
+  });
   return {grad_input, grad_weight, grad_bias};
 }
 

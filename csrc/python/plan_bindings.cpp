@@ -70,6 +70,64 @@ std::pair<int64_t, int64_t> vector_split(int64_t begin, int64_t end, int64_t mis
   return {s.head_end, s.body_end};
 }
 
+// FastDivU32(d).div(n) for every n of `numerators` (int64 values in [0, 2^31)).
+at::Tensor fast_div(int64_t divisor, const at::Tensor& numerators) {
+  TORCH_CHECK(divisor >= 1 && divisor <= (int64_t(1) << 31), "divisor out of range");
+  const FastDivU32 d(static_cast<uint32_t>(divisor));
+  const at::Tensor in = numerators.to(at::kLong).contiguous();
+  at::Tensor out = at::empty_like(in);
+  const int64_t* i = in.data_ptr<int64_t>();
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t k = 0; k < in.numel(); ++k) {
+    TORCH_CHECK(i[k] >= 0 && i[k] < (int64_t(1) << 31), "numerator out of range");
+    o[k] = d.div(static_cast<uint32_t>(i[k]));
+  }
+  return out;
+}
+
+// The channel of every element offset of every sample, found as the CUDA elementwise
+// passes find it: tile by tile (TileChannels), as a (N * C * S,) tensor in memory order.
+at::Tensor tile_channels(int64_t N, int64_t C, int64_t S, int64_t G, bool channels_last, int64_t tile) {
+  const GroupNormShape sh = make_shape(N, C, S, G, channels_last);
+  TORCH_CHECK(tile >= 1 && tile <= (int64_t(1) << 30), "tile out of range");
+  const TileChannels tc(sh, tile);
+  const int64_t L = C * S, tiles = tiles_per_sample(sh, tile);
+  at::Tensor out = at::empty({sh.numel()}, at::kLong);
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t e0 = t * tile;
+      int64_t q0, r0;
+      tc.start(e0, &q0, &r0);
+      for (int64_t l = 0; l < tile && e0 + l < L; ++l) o[n * L + e0 + l] = tc.channel(q0, r0, l);
+    }
+  }
+  return out;
+}
+
+// The plan's fixed tree run level by level as the CUDA finalize runs it (pairs of a level
+// in any order): must give the bits of combine_moments_tree.
+std::tuple<double, double, double> combine_chunks_by_levels(const at::Tensor& chunks) {
+  const at::Tensor c = chunks.to(at::kDouble).contiguous();
+  const int64_t K = c.size(0), L = c.size(1);
+  std::vector<Moments<double>> parts(K);
+  const double* p = c.data_ptr<double>();
+  for (int64_t k = 0; k < K; ++k) {
+    Moments<double> m = empty_moments<double>();
+    for (int64_t i = 0; i < L; ++i) m = combine_moments(m, Moments<double>{1, p[k * L + i], 0});
+    parts[k] = m;
+  }
+  for (int64_t stride = 1; stride < K; stride *= 2) {
+    const int64_t pairs = tree_level_pairs(K, stride);
+    for (int64_t q = pairs - 1; q >= 0; --q) {  // reverse order: the order inside a level must not matter
+      const int64_t i = 2 * stride * q;
+      parts[i] = combine_moments(parts[i], parts[i + stride]);
+    }
+  }
+  const Moments<double> m = K > 0 ? parts[0] : empty_moments<double>();
+  return {m.count, m.mean, m.m2};
+}
+
 }  // namespace
 
 void bind_plan(pybind11::module& m) {
@@ -78,6 +136,9 @@ void bind_plan(pybind11::module& m) {
   m.def("_plan_element_channels", &element_channels);
   m.def("_plan_combine_chunks", &combine_chunks);
   m.def("_plan_vector_split", &vector_split);
+  m.def("_plan_fast_div", &fast_div);
+  m.def("_plan_tile_channels", &tile_channels);
+  m.def("_plan_combine_chunks_by_levels", &combine_chunks_by_levels);
 }
 
 }  // namespace groupnorm_ext

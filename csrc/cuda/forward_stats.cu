@@ -1,0 +1,345 @@
+// Forward statistics by the plan (plan.h): one block per chunk computes the chunk's moments
+// by the corrected two-pass algorithm from registers (x is read once), then one block per
+// (n, group) combines its chunks with the plan's fixed tree, a level at a time in parallel,
+// and writes mean, rstd and the per-channel affine table. No atomics: the same bits on
+// every run.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "block_reduce.cuh"
+#include "forward.h"
+#include "vec.cuh"
+
+namespace groupnorm_ext {
+namespace cuda {
+namespace {
+
+constexpr int kStatsThreads = 256;
+// A chunk holds at most kChunkTargetElems elements: kItems per thread, kept in registers.
+constexpr int kItems = static_cast<int>(kChunkTargetElems) / kStatsThreads;
+static_assert(kItems * kStatsThreads == kChunkTargetElems, "chunk must split evenly over the block");
+
+// NCS: the chunk is a contiguous run of the slab. VEC > 1 needs a 16-byte aligned x and
+// slab length (so that every chunk starts aligned and holds whole vectors).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kStatsThreads) ncs_chunk_moments_kernel(
+    const T* __restrict__ x, int64_t slab_len, ChunkPlan plan, Moments<reduce_t>* __restrict__ partials) {
+  using acc_t = acc_type<T>;
+  constexpr int kVecs = kItems / VEC;
+  __shared__ reduce_t shared[2 * kWarpSize];
+  __shared__ reduce_t mean0_shared;
+  const int64_t task = blockIdx.x;  // ng * K + k
+  const int64_t ng = task / plan.num_chunks, k = task - ng * plan.num_chunks;
+  const int64_t begin = plan.begin(k);
+  const int count = static_cast<int>(plan.end(k, slab_len) - begin);
+  const T* p = x + ng * slab_len + begin;
+  acc_t vals[kItems];
+#pragma unroll
+  for (int j = 0; j < kVecs; ++j) {
+    const int e = (j * kStatsThreads + static_cast<int>(threadIdx.x)) * VEC;
+    if (e < count) {
+      const Vec<T, VEC> v = load_vec<T, VEC>(p + e);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) vals[j * VEC + i] = static_cast<acc_t>(v.v[i]);
+    }
+  }
+  reduce_t sum = 0, unused = 0;
+#pragma unroll
+  for (int j = 0; j < kVecs; ++j) {
+    if ((j * kStatsThreads + static_cast<int>(threadIdx.x)) * VEC < count) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) sum += static_cast<reduce_t>(vals[j * VEC + i]);
+    }
+  }
+  block_sum2(sum, unused, shared);
+  if (threadIdx.x == 0) mean0_shared = sum / count;
+  __syncthreads();
+  const reduce_t mean0 = mean0_shared;
+  reduce_t sum_d = 0, sum_d2 = 0;
+#pragma unroll
+  for (int j = 0; j < kVecs; ++j) {
+    if ((j * kStatsThreads + static_cast<int>(threadIdx.x)) * VEC < count) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        // in double: no overflow of x - mean0 or its square for any finite float input
+        const reduce_t d = static_cast<reduce_t>(vals[j * VEC + i]) - mean0;
+        sum_d += d;
+        sum_d2 += d * d;
+      }
+    }
+  }
+  __syncthreads();  // `shared` is reused
+  block_sum2(sum_d, sum_d2, shared);
+  if (threadIdx.x == 0) partials[task] = moments_from_deviations(static_cast<reduce_t>(count), mean0, sum_d, sum_d2);
+}
+
+// NSC: a chunk is rows [r0, r1) of one sample with all C channels, so one block reduces
+// every group of the sample. Thread `item` owns a column of VEC channels and the rows
+// lane, lane + lanes, ...; per-channel sums meet in shared memory ([lane][channel]) and
+// one warp per group adds them in a fixed order.
+struct NscLayout {
+  int64_t cols;   // C / VEC
+  int64_t lanes;  // row lanes: blockDim / cols, at least 1
+  int64_t slots;  // lanes * C: shared slots per sum
+};
+
+inline NscLayout nsc_layout(int64_t C, int vec, int threads) {
+  NscLayout l;
+  l.cols = C / vec;
+  l.lanes = l.cols <= threads ? threads / l.cols : 1;
+  l.slots = l.lanes * C;
+  return l;
+}
+
+// Sum over the lanes and channels of group g of the [lane][channel] slots, by one warp in
+// a fixed order (lane-strided partial sums, then the shuffle tree).
+__device__ __forceinline__ void warp_group_sum2(const reduce_t* a, const reduce_t* b, int64_t C, int64_t D,
+                                                int64_t lanes, int64_t g, FastDivU32 div_d, reduce_t& sa,
+                                                reduce_t& sb) {
+  const int lane_id = threadIdx.x % kWarpSize;
+  sa = 0;
+  sb = 0;
+  const int64_t items = D * lanes;
+  for (int64_t i = lane_id; i < items; i += kWarpSize) {
+    const int64_t row_lane = div_d.div(static_cast<uint32_t>(i));
+    const int64_t slot = row_lane * C + g * D + (i - row_lane * D);
+    sa += a[slot];
+    if (b) sb += b[slot];
+  }
+  sa = warp_sum(sa);
+  sb = warp_sum(sb);
+}
+
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kStatsThreads) nsc_chunk_moments_kernel(
+    const T* __restrict__ x, GroupNormShape sh, ChunkPlan plan, NscLayout lay, FastDivU32 div_d,
+    Moments<reduce_t>* __restrict__ partials) {
+  using acc_t = acc_type<T>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  reduce_t* sum_a = reinterpret_cast<reduce_t*>(smem_raw);
+  reduce_t* sum_b = sum_a + lay.slots;
+  reduce_t* mean0_g = sum_b + lay.slots;
+  const int64_t C = sh.C, G = sh.groups, D = sh.channels_per_group();
+  const int64_t K = plan.num_chunks;
+  const int64_t n = blockIdx.x / K, k = blockIdx.x - n * K;
+  const int64_t r0 = plan.begin(k), r1 = plan.end(k, sh.S);
+  const T* xs = x + n * sh.S * C;
+  const int warp = threadIdx.x / kWarpSize, num_warps = blockDim.x / kWarpSize;
+
+  // pass 1: per-(lane, channel) sums
+  for (int64_t item = threadIdx.x; item < lay.lanes * lay.cols; item += blockDim.x) {
+    const int64_t lane = item / lay.cols, col = item - lane * lay.cols;
+    reduce_t acc[VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] = 0;
+    for (int64_t r = r0 + lane; r < r1; r += lay.lanes) {
+      const Vec<T, VEC> v = load_vec<T, VEC>(xs + r * C + col * VEC);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[i] += static_cast<reduce_t>(static_cast<acc_t>(v.v[i]));
+    }
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) sum_a[lane * C + col * VEC + i] = acc[i];
+  }
+  __syncthreads();
+  const reduce_t count = static_cast<reduce_t>(D * (r1 - r0));
+  for (int64_t g = warp; g < G; g += num_warps) {
+    reduce_t s, unused;
+    warp_group_sum2(sum_a, nullptr, C, D, lay.lanes, g, div_d, s, unused);
+    if (threadIdx.x % kWarpSize == 0) mean0_g[g] = s / count;
+  }
+  __syncthreads();
+
+  // pass 2: deviations from each group's first-pass mean (the chunk is in L1 / L2 now)
+  for (int64_t item = threadIdx.x; item < lay.lanes * lay.cols; item += blockDim.x) {
+    const int64_t lane = item / lay.cols, col = item - lane * lay.cols;
+    reduce_t m[VEC], s1[VEC], s2[VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      m[i] = mean0_g[(col * VEC + i) / D];
+      s1[i] = 0;
+      s2[i] = 0;
+    }
+    for (int64_t r = r0 + lane; r < r1; r += lay.lanes) {
+      const Vec<T, VEC> v = load_vec<T, VEC>(xs + r * C + col * VEC);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        const reduce_t d = static_cast<reduce_t>(static_cast<acc_t>(v.v[i])) - m[i];
+        s1[i] += d;
+        s2[i] += d * d;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+      sum_a[lane * C + col * VEC + i] = s1[i];
+      sum_b[lane * C + col * VEC + i] = s2[i];
+    }
+  }
+  __syncthreads();
+  for (int64_t g = warp; g < G; g += num_warps) {
+    reduce_t sd, sd2;
+    warp_group_sum2(sum_a, sum_b, C, D, lay.lanes, g, div_d, sd, sd2);
+    if (threadIdx.x % kWarpSize == 0) {
+      partials[(n * G + g) * K + k] =
+          moments_from_deviations(count, mean0_g[g], sd, sd2);
+    }
+  }
+}
+
+// NSC chunks for any C (the shared-memory slots of the kernel above grow with C): one block
+// per (n, group, chunk), element by element through the plan's offsets.
+template <typename T>
+__global__ void generic_chunk_moments_kernel(
+    const T* __restrict__ x, GroupNormShape sh, ChunkPlan plan, Moments<reduce_t>* __restrict__ partials) {
+  __shared__ reduce_t shared[2 * kWarpSize];
+  __shared__ reduce_t mean0_shared;
+  const int64_t K = plan.num_chunks;
+  const int64_t task = blockIdx.x;  // ((n * G) + g) * K + k
+  const int64_t k = task % K, ng = task / K;
+  const int64_t n = ng / sh.groups, g = ng % sh.groups;
+  const int64_t count = chunk_elems(sh, plan, k);
+  reduce_t sum = 0, unused = 0;
+  for (int64_t e = threadIdx.x; e < count; e += blockDim.x) {
+    sum += static_cast<reduce_t>(x[chunk_element_offset(sh, plan, n, g, k, e)]);
+  }
+  block_sum2(sum, unused, shared);
+  if (threadIdx.x == 0) mean0_shared = sum / static_cast<reduce_t>(count);
+  __syncthreads();
+  const reduce_t mean0 = mean0_shared;
+  reduce_t sum_d = 0, sum_d2 = 0;
+  for (int64_t e = threadIdx.x; e < count; e += blockDim.x) {
+    const reduce_t d = static_cast<reduce_t>(x[chunk_element_offset(sh, plan, n, g, k, e)]) - mean0;
+    sum_d += d;
+    sum_d2 += d * d;
+  }
+  __syncthreads();
+  block_sum2(sum_d, sum_d2, shared);
+  if (threadIdx.x == 0) {
+    partials[task] = moments_from_deviations(static_cast<reduce_t>(count), mean0, sum_d, sum_d2);
+  }
+}
+
+// One block per (n, group): the plan's fixed combine tree over the slab's K partials, one
+// level at a time (pairs of a level in parallel: the bits of the sequential tree), then
+// mean, rstd and the group's channels' {scale, shift}.
+template <typename acc_t, typename param_t>
+__global__ void __launch_bounds__(kStatsThreads) finalize_kernel(
+    Moments<reduce_t>* __restrict__ partials, int64_t K, GroupNormShape sh, reduce_t eps,
+    const param_t* __restrict__ weight, const param_t* __restrict__ bias, acc_t* __restrict__ mean,
+    acc_t* __restrict__ rstd, acc_t* __restrict__ scale_shift) {
+  __shared__ reduce_t stats[2];
+  const int64_t ng = blockIdx.x;
+  Moments<reduce_t>* part = partials + ng * K;
+  for (int64_t stride = 1; stride < K; stride *= 2) {
+    const int64_t pairs = tree_level_pairs(K, stride);
+    for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+      const int64_t i = 2 * stride * p;
+      part[i] = combine_moments(part[i], part[i + stride]);
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const Moments<reduce_t> m = K > 0 ? part[0] : empty_moments<reduce_t>();
+    const reduce_t r = rstd_from_variance(moments_variance(m), eps);
+    mean[ng] = static_cast<acc_t>(m.mean);
+    rstd[ng] = static_cast<acc_t>(r);
+    stats[0] = m.mean;
+    stats[1] = r;
+  }
+  __syncthreads();
+  const int64_t D = sh.channels_per_group();
+  const int64_t n = ng / sh.groups, g = ng - n * sh.groups;
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    const int64_t c = g * D + j;
+    const reduce_t s = stats[1] * (weight ? static_cast<reduce_t>(weight[c]) : reduce_t(1));
+    const reduce_t b = bias ? static_cast<reduce_t>(bias[c]) : reduce_t(0);
+    scale_shift[2 * (n * sh.C + c)] = static_cast<acc_t>(s);
+    scale_shift[2 * (n * sh.C + c) + 1] = static_cast<acc_t>(b - stats[0] * s);
+  }
+}
+
+template <typename T>
+void launch_chunk_moments(const ForwardProblem& p, const ChunkPlan& plan, Moments<reduce_t>* partials,
+                          cudaStream_t stream) {
+  const GroupNormShape& sh = p.shape;
+  constexpr int kVec = vec_elems<T>();
+  const T* x = p.input.const_data_ptr<T>();
+  const int64_t slabs = sh.N * sh.groups;
+  if (sh.order == MemoryOrder::NCS) {
+    const int64_t tasks = slabs * plan.num_chunks;
+    TORCH_CHECK(tasks <= INT32_MAX, "group_norm_forward (CUDA): too many chunks (", tasks, ")");
+    const int64_t slab_len = sh.group_elems();
+    if (aligned_to(x, kVecBytes) && slab_len % kVec == 0) {
+      ncs_chunk_moments_kernel<T, kVec><<<static_cast<unsigned>(tasks), kStatsThreads, 0, stream>>>(
+          x, slab_len, plan, partials);
+    } else {
+      ncs_chunk_moments_kernel<T, 1><<<static_cast<unsigned>(tasks), kStatsThreads, 0, stream>>>(
+          x, slab_len, plan, partials);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  const bool vec = aligned_to(x, kVecBytes) && sh.C % kVec == 0;
+  const NscLayout lay = nsc_layout(sh.C, vec ? kVec : 1, kStatsThreads);
+  const size_t smem = (2 * lay.slots + sh.groups) * sizeof(reduce_t);
+  const int64_t blocks = sh.N * plan.num_chunks;
+  if (smem <= 48 * 1024 && sh.channels_per_group() * lay.lanes < INT32_MAX) {
+    TORCH_CHECK(blocks <= INT32_MAX, "group_norm_forward (CUDA): too many chunks (", blocks, ")");
+    const FastDivU32 div_d(static_cast<uint32_t>(sh.channels_per_group()));
+    if (vec) {
+      nsc_chunk_moments_kernel<T, kVec><<<static_cast<unsigned>(blocks), kStatsThreads, smem, stream>>>(
+          x, sh, plan, lay, div_d, partials);
+    } else {
+      nsc_chunk_moments_kernel<T, 1><<<static_cast<unsigned>(blocks), kStatsThreads, smem, stream>>>(
+          x, sh, plan, lay, div_d, partials);
+    }
+  } else {
+    const int64_t tasks = slabs * plan.num_chunks;
+    TORCH_CHECK(tasks <= INT32_MAX, "group_norm_forward (CUDA): too many chunks (", tasks, ")");
+    generic_chunk_moments_kernel<T><<<static_cast<unsigned>(tasks), kStatsThreads, 0, stream>>>(
+        x, sh, plan, partials);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename acc_t, typename param_t>
+void launch_finalize(const ForwardProblem& p, Moments<reduce_t>* partials, int64_t K, double eps,
+                     at::Tensor& mean, at::Tensor& rstd, at::Tensor& scale_shift, cudaStream_t stream) {
+  const GroupNormShape& sh = p.shape;
+  finalize_kernel<acc_t, param_t><<<static_cast<unsigned>(sh.N * sh.groups), kStatsThreads, 0, stream>>>(
+      partials, K, sh, static_cast<reduce_t>(eps),
+      p.weight.defined() ? p.weight.const_data_ptr<param_t>() : nullptr,
+      p.bias.defined() ? p.bias.const_data_ptr<param_t>() : nullptr, mean.mutable_data_ptr<acc_t>(),
+      rstd.mutable_data_ptr<acc_t>(), scale_shift.mutable_data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void forward_stats(const ForwardProblem& p, double eps, at::Tensor& mean, at::Tensor& rstd,
+                   at::Tensor& scale_shift, cudaStream_t stream) {
+  const GroupNormShape& sh = p.shape;
+  const ChunkPlan plan = make_chunk_plan(sh);
+  const int64_t slabs = sh.N * sh.groups;
+  TORCH_CHECK(slabs <= INT32_MAX, "group_norm_forward (CUDA): too many (n, group) slabs (", slabs, ")");
+  at::Tensor partials = at::empty({slabs * plan.num_chunks * static_cast<int64_t>(sizeof(Moments<reduce_t>))},
+                                  p.input.options().dtype(at::kByte));
+  auto* part = reinterpret_cast<Moments<reduce_t>*>(partials.data_ptr());
+  // Parameters are read in their own dtype (float32 weight with half input, say).
+  const at::ScalarType param_type = p.weight.defined() ? p.weight.scalar_type()
+                                    : p.bias.defined() ? p.bias.scalar_type() : p.input.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.input.scalar_type(), "group_norm_forward_stats", [&] {
+    using acc_t = acc_type<scalar_t>;
+    if (plan.num_chunks > 0) launch_chunk_moments<scalar_t>(p, plan, part, stream);
+    if constexpr (takes_float_params<scalar_t>()) {
+      if (param_type == at::kFloat) {
+        launch_finalize<acc_t, float>(p, part, plan.num_chunks, eps, mean, rstd, scale_shift, stream);
+        return;
+      }
+    }
+    launch_finalize<acc_t, scalar_t>(p, part, plan.num_chunks, eps, mean, rstd, scale_shift, stream);
+  });
+}
+
+}  // namespace cuda
+}  // namespace groupnorm_ext

@@ -1,0 +1,119 @@
+// The elementwise passes (forward apply, grad_input): every sample's C * S elements are
+// walked in tiles of THREADS * VEC * UNROLL elements; each thread loads UNROLL 16-byte
+// vectors of every input before it computes (several loads in flight), and finds each
+// element's channel through plan.h's TileChannels (one 64-bit division per tile).
+#pragma once
+
+#include "vec.cuh"
+
+namespace groupnorm_ext {
+namespace cuda {
+
+// How the channel changes across the VEC elements of one vector (uniform over a launch):
+enum class VecChannels : int {
+  kSame = 0,        // NCS with S % VEC == 0: one channel per vector
+  kConsecutive = 1, // NSC with C % VEC == 0: channels c0, c0 + 1, ... (no wrap)
+  kGeneral = 2,     // anything else: each element's channel on its own
+};
+
+template <typename T, int NIN>
+struct ElementwiseArgs {
+  const T* in[NIN];
+  T* out;
+  int64_t C;
+  int64_t sample_len;  // C * S
+  int64_t tiles_per_sample;
+  int64_t total_tiles;
+  TileChannels channels;
+  VecChannels vec_channels;
+};
+
+// op(nc, in0, in1) -> output value (acc type), nc = n * C + c.
+template <typename T, int VEC, int UNROLL, int THREADS, int NIN, typename Op>
+__global__ void __launch_bounds__(THREADS) tiled_elementwise_kernel(ElementwiseArgs<T, NIN> a, Op op) {
+  using acc_t = acc_type<T>;
+  constexpr int64_t kTile = int64_t(THREADS) * VEC * UNROLL;
+  for (int64_t tile = blockIdx.x; tile < a.total_tiles; tile += gridDim.x) {
+    const int64_t n = div_nonneg(tile, a.tiles_per_sample);
+    const int64_t e0 = (tile - n * a.tiles_per_sample) * kTile;
+    const int64_t base = n * a.sample_len + e0;
+    int64_t q0, r0;
+    a.channels.start(e0, &q0, &r0);
+    Vec<T, VEC> v[NIN][UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int64_t l = (int64_t(u) * THREADS + threadIdx.x) * VEC;
+      if (e0 + l < a.sample_len) {
+#pragma unroll
+        for (int i = 0; i < NIN; ++i) v[i][u] = load_vec<T, VEC>(a.in[i] + base + l);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int64_t l = (int64_t(u) * THREADS + threadIdx.x) * VEC;
+      if (e0 + l < a.sample_len) {
+        const int64_t nc0 = n * a.C + a.channels.channel(q0, r0, l);
+        Vec<T, VEC> o;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          int64_t nc = nc0;
+          if (VEC > 1) {
+            if (a.vec_channels == VecChannels::kConsecutive) {
+              nc = nc0 + j;
+            } else if (a.vec_channels == VecChannels::kGeneral) {
+              nc = n * a.C + a.channels.channel(q0, r0, l + j);
+            }
+          }
+          const acc_t x0 = static_cast<acc_t>(v[0][u].v[j]);
+          const acc_t x1 = NIN > 1 ? static_cast<acc_t>(v[NIN > 1 ? 1 : 0][u].v[j]) : acc_t(0);
+          o.v[j] = static_cast<T>(op(nc, x0, x1));
+        }
+        store_vec<T, VEC>(a.out + base + l, o);
+      }
+    }
+  }
+}
+
+constexpr int kElementwiseThreads = 256;
+constexpr int kElementwiseUnroll = 4;
+
+// Launches op over the tensor: 16-byte vectors when every pointer is 16-byte aligned and
+// each sample's length is a multiple of the vector, single elements otherwise.
+template <typename T, int NIN, typename Op>
+void launch_tiled_elementwise(const GroupNormShape& sh, const T* const (&in)[NIN], T* out, Op op,
+                              cudaStream_t stream) {
+  constexpr int kVec = vec_elems<T>();
+  bool vectorized = (sh.C * sh.S) % kVec == 0 && aligned_to(out, kVecBytes);
+  for (int i = 0; i < NIN; ++i) vectorized = vectorized && aligned_to(in[i], kVecBytes);
+  auto launch = [&](auto vec_tag) {
+    constexpr int V = decltype(vec_tag)::value;
+    constexpr int64_t kTile = int64_t(kElementwiseThreads) * V * kElementwiseUnroll;
+    ElementwiseArgs<T, NIN> a;
+    for (int i = 0; i < NIN; ++i) a.in[i] = in[i];
+    a.out = out;
+    a.C = sh.C;
+    a.sample_len = sh.C * sh.S;
+    a.tiles_per_sample = tiles_per_sample(sh, kTile);
+    a.total_tiles = sh.N * a.tiles_per_sample;
+    a.channels = TileChannels(sh, kTile);
+    if (V == 1) {
+      a.vec_channels = VecChannels::kSame;
+    } else if (sh.order == MemoryOrder::NCS) {
+      a.vec_channels = sh.S % V == 0 ? VecChannels::kSame : VecChannels::kGeneral;
+    } else {
+      a.vec_channels = sh.C % V == 0 ? VecChannels::kConsecutive : VecChannels::kGeneral;
+    }
+    const unsigned blocks = grid_for(a.total_tiles, num_sms() * 8);
+    tiled_elementwise_kernel<T, V, kElementwiseUnroll, kElementwiseThreads, NIN>
+        <<<blocks, kElementwiseThreads, 0, stream>>>(a, op);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (vectorized) {
+    launch(std::integral_constant<int, kVec>{});
+  } else {
+    launch(std::integral_constant<int, 1>{});
+  }
+}
+
+}  // namespace cuda
+}  // namespace groupnorm_ext
