@@ -43,7 +43,7 @@ grep -E "^E  " "$OUT_DIR/tests.log" | head -30
 tail -3 "$OUT_DIR/tests.log"
 
 step "compute-sanitizer"
-for tool in memcheck racecheck; do
+for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
   timeout ${SANITIZER_TIMEOUT:-100} compute-sanitizer --tool $tool --error-exitcode 9 \
       $PY bench/gpu_sanitize.py >"$OUT_DIR/sanitizer-$tool.log" 2>&1
   rc=$?; [ $rc -ne 0 ] && status=1

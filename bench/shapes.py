@@ -126,6 +126,11 @@ def large_cases(device: str) -> list[Case]:
         cases += _cases("large", [(1, 32, 1024, 1024)], 1, ["fp32", "bf16"], ["contig", "cl"])
         cases += _cases("large", [(1, 8, 2048, 2048)], 2, ["fp32"], ["contig"])
         cases += _cases("large", [(1, 16, 128, 128, 128)], 4, ["fp32"], ["contig"])
+        # N = 1, G = 32, large spatial size (a diffusion decoder at batch 1): torch's one block per
+        # (n, group) fills 32 of the SMs.
+        cases += _cases("large", [(1, 128, 512, 512)], 32, ["fp32", "bf16"], ["contig", "cl"])
+        # A batch of UNet activations over 64 MB whose slabs fit on chip (single-read forward).
+        cases += _cases("large", [(16, 320, 64, 64)], 32, ["fp32"], ["contig", "cl"])
     return cases
 
 

@@ -10,9 +10,9 @@ namespace groupnorm_ext {
 namespace cuda {
 
 // forward_stats.cu: mean and rstd of every (n, group) slab through the plan's chunks
-// (chunk moments, then the fixed-tree combine), plus the per-(n, c) affine table
-// {scale, shift} (acc type pairs, N * C of them) the apply pass reads:
-// y = x * scale + shift, scale = rstd * w, shift = b - mean * scale.
+// (chunk moments, then the fixed-tree combine), plus the per-(n, c) affine tables the apply
+// pass reads, scale_shift[0] = scale and scale_shift[1] = shift (acc type, a row of at least
+// N * C each): y = x * scale + shift, scale = rstd * w, shift = b - mean * scale.
 void forward_stats(const ForwardProblem& p, double eps, at::Tensor& mean, at::Tensor& rstd,
                    at::Tensor& scale_shift, cudaStream_t stream);
 

@@ -226,7 +226,7 @@ template <typename acc_t, typename param_t>
 __global__ void __launch_bounds__(kStatsThreads) finalize_kernel(
     Moments<reduce_t>* __restrict__ partials, int64_t K, GroupNormShape sh, reduce_t eps,
     const param_t* __restrict__ weight, const param_t* __restrict__ bias, acc_t* __restrict__ mean,
-    acc_t* __restrict__ rstd, acc_t* __restrict__ scale_shift) {
+    acc_t* __restrict__ rstd, acc_t* __restrict__ scale, acc_t* __restrict__ shift) {
   __shared__ reduce_t stats[2];
   const int64_t ng = blockIdx.x;
   Moments<reduce_t>* part = partials + ng * K;
@@ -253,8 +253,8 @@ __global__ void __launch_bounds__(kStatsThreads) finalize_kernel(
     const int64_t c = g * D + j;
     const reduce_t s = stats[1] * (weight ? static_cast<reduce_t>(weight[c]) : reduce_t(1));
     const reduce_t b = bias ? static_cast<reduce_t>(bias[c]) : reduce_t(0);
-    scale_shift[2 * (n * sh.C + c)] = static_cast<acc_t>(s);
-    scale_shift[2 * (n * sh.C + c) + 1] = static_cast<acc_t>(b - stats[0] * s);
+    scale[n * sh.C + c] = static_cast<acc_t>(s);
+    shift[n * sh.C + c] = static_cast<acc_t>(b - stats[0] * s);
   }
 }
 
@@ -310,7 +310,8 @@ void launch_finalize(const ForwardProblem& p, Moments<reduce_t>* partials, int64
       partials, K, sh, static_cast<reduce_t>(eps),
       p.weight.defined() ? p.weight.const_data_ptr<param_t>() : nullptr,
       p.bias.defined() ? p.bias.const_data_ptr<param_t>() : nullptr, mean.mutable_data_ptr<acc_t>(),
-      rstd.mutable_data_ptr<acc_t>(), scale_shift.mutable_data_ptr<acc_t>());
+      rstd.mutable_data_ptr<acc_t>(), scale_shift[0].mutable_data_ptr<acc_t>(),
+      scale_shift[1].mutable_data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

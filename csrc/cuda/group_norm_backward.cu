@@ -21,11 +21,9 @@ namespace {
 constexpr int kCoefThreads = 256;
 
 // Per (n, c): dx = a * dy + ((x - mean) * rstd) * kx + kc. xhat is formed per element, so
-// no coefficient needs rstd^2 or rstd^3 (they underflow for large inputs).
-template <typename acc_t>
-struct alignas(4 * sizeof(acc_t)) GradCoef {
-  acc_t a, mean, rstd, kx;
-};
+// no coefficient needs rstd^2 or rstd^3 (they underflow for large inputs). Five planar
+// tables (rows of `coef`, each a 16-byte aligned row of at least N * C entries).
+enum CoefRow : int { kA = 0, kMean = 1, kRstd = 2, kKx = 3, kKc = 4, kCoefRows = 5 };
 
 // One block per (n, g). Each warp adds the K chunk partials of some of the group's
 // channels (lane-strided, then the shuffle tree); warp 0 then adds the channels.
@@ -33,7 +31,7 @@ template <typename acc_t, typename param_t>
 __global__ void __launch_bounds__(kCoefThreads) group_coefficients_kernel(
     const reduce_t* __restrict__ part_dy, const reduce_t* __restrict__ part_dy_xc, int64_t K, GroupNormShape sh,
     const acc_t* __restrict__ mean, const acc_t* __restrict__ rstd, const param_t* __restrict__ weight,
-    reduce_t* sum_dy, reduce_t* sum_dy_xc, GradCoef<acc_t>* __restrict__ coef, acc_t* __restrict__ kc_out) {
+    reduce_t* sum_dy, reduce_t* sum_dy_xc, acc_t* __restrict__ coef, int64_t coef_stride) {
   __shared__ reduce_t group[2];
   const int64_t ng = blockIdx.x;
   const int64_t n = ng / sh.groups, g = ng - n * sh.groups, D = sh.channels_per_group();
@@ -74,13 +72,12 @@ __global__ void __launch_bounds__(kCoefThreads) group_coefficients_kernel(
   for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
     const int64_t c = g * D + j;
     const reduce_t r = rstd[ng];
-    GradCoef<acc_t> cf;
-    cf.a = static_cast<acc_t>(r * (weight ? static_cast<reduce_t>(weight[c]) : reduce_t(1)));
-    cf.mean = mean[ng];
-    cf.rstd = rstd[ng];
-    cf.kx = static_cast<acc_t>(group[0]);
-    coef[n * sh.C + c] = cf;
-    kc_out[n * sh.C + c] = static_cast<acc_t>(group[1]);
+    const int64_t nc = n * sh.C + c;
+    coef[kA * coef_stride + nc] = static_cast<acc_t>(r * (weight ? static_cast<reduce_t>(weight[c]) : reduce_t(1)));
+    coef[kMean * coef_stride + nc] = mean[ng];
+    coef[kRstd * coef_stride + nc] = rstd[ng];
+    coef[kKx * coef_stride + nc] = static_cast<acc_t>(group[0]);
+    coef[kKc * coef_stride + nc] = static_cast<acc_t>(group[1]);
   }
 }
 
@@ -103,11 +100,27 @@ __global__ void param_grads_kernel(const reduce_t* __restrict__ sum_dy, const re
 
 template <typename acc_t>
 struct GradInputOp {
-  const GradCoef<acc_t>* coef;
-  const acc_t* kc;
-  __device__ __forceinline__ acc_t operator()(int64_t nc, acc_t dy, acc_t x) const {
-    const GradCoef<acc_t> cf = coef[nc];
-    return cf.a * dy + ((x - cf.mean) * cf.rstd) * cf.kx + kc[nc];
+  const acc_t* __restrict__ coef;  // kCoefRows rows of `stride` entries
+  int64_t stride;
+  struct Params {
+    acc_t a, mean, rstd, kx, kc;
+  };
+  __device__ __forceinline__ Params load(int64_t nc) const {
+    return {coef[kA * stride + nc], coef[kMean * stride + nc], coef[kRstd * stride + nc],
+            coef[kKx * stride + nc], coef[kKc * stride + nc]};
+  }
+  template <int V>
+  __device__ __forceinline__ void load_consecutive(int64_t nc0, Params (&p)[V]) const {
+    const Vec<acc_t, V> a = load_table<acc_t, V>(coef + kA * stride, nc0);
+    const Vec<acc_t, V> m = load_table<acc_t, V>(coef + kMean * stride, nc0);
+    const Vec<acc_t, V> r = load_table<acc_t, V>(coef + kRstd * stride, nc0);
+    const Vec<acc_t, V> kx = load_table<acc_t, V>(coef + kKx * stride, nc0);
+    const Vec<acc_t, V> kc = load_table<acc_t, V>(coef + kKc * stride, nc0);
+#pragma unroll
+    for (int j = 0; j < V; ++j) p[j] = {a.v[j], m.v[j], r.v[j], kx.v[j], kc.v[j]};
+  }
+  __device__ __forceinline__ acc_t apply(const Params& p, acc_t dy, acc_t x) const {
+    return p.a * dy + ((x - p.mean) * p.rstd) * p.kx + p.kc;
   }
 };
 
@@ -123,15 +136,14 @@ void backward_impl(const BackwardProblem& bp, Tensor& grad_input, Tensor& grad_w
 
   const auto acc_opts = bp.mean.options();
   Tensor sums = at::empty({2, NC}, acc_opts.dtype(at::kDouble));
-  Tensor coef = at::empty({NC * static_cast<int64_t>(sizeof(GradCoef<acc_t>) / sizeof(acc_t))}, acc_opts);
-  Tensor kc = at::empty({NC}, acc_opts);
+  const int64_t coef_stride = (NC + 7) / 8 * 8;  // rows stay 16-byte aligned for the vector loads
+  Tensor coef = at::empty({kCoefRows, coef_stride}, acc_opts);
   const param_t* w = p.weight.defined() ? p.weight.const_data_ptr<param_t>() : nullptr;
   TORCH_CHECK(NG <= INT32_MAX, "group_norm_backward (CUDA): too many (n, group) slabs (", NG, ")");
-  auto* coef_ptr = reinterpret_cast<GradCoef<acc_t>*>(coef.mutable_data_ptr<acc_t>());
   group_coefficients_kernel<acc_t, param_t><<<static_cast<unsigned>(NG), kCoefThreads, 0, stream>>>(
       part_dy.const_data_ptr<reduce_t>(), part_dy_xc.const_data_ptr<reduce_t>(), K, sh,
       bp.mean.const_data_ptr<acc_t>(), bp.rstd.const_data_ptr<acc_t>(), w, sums[0].mutable_data_ptr<reduce_t>(),
-      sums[1].mutable_data_ptr<reduce_t>(), coef_ptr, kc.mutable_data_ptr<acc_t>());
+      sums[1].mutable_data_ptr<reduce_t>(), coef.mutable_data_ptr<acc_t>(), coef_stride);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   if (grad_weight.defined() || grad_bias.defined()) {
@@ -144,7 +156,7 @@ void backward_impl(const BackwardProblem& bp, Tensor& grad_input, Tensor& grad_w
   if (grad_input.defined()) {
     const T* const in[2] = {bp.grad_out.const_data_ptr<T>(), p.input.const_data_ptr<T>()};
     launch_tiled_elementwise<T, 2>(sh, in, grad_input.mutable_data_ptr<T>(),
-                                   GradInputOp<acc_t>{coef_ptr, kc.const_data_ptr<acc_t>()}, stream);
+                                   GradInputOp<acc_t>{coef.const_data_ptr<acc_t>(), coef_stride}, stream);
   }
 }
 

@@ -22,7 +22,10 @@ ForwardResult group_norm_forward_cuda(const Tensor& input, int64_t num_groups,
   if (p.shape.N * num_groups == 0) return {out, mean, rstd};
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   if (p.shape.S > 0 && cuda::forward_fused(p, eps, out, mean, rstd, stream)) return {out, mean, rstd};
-  Tensor scale_shift = at::empty({p.shape.N * p.shape.C, 2}, mean.options());
+  // planar: row 0 scale, row 1 shift (N * C each; 16-byte aligned rows when N * C is a
+  // multiple of the vector, which the vector loads of the apply pass need)
+  const int64_t nc = p.shape.N * p.shape.C;
+  Tensor scale_shift = at::empty({2, (nc + 7) / 8 * 8}, mean.options());
   cuda::forward_stats(p, eps, mean, rstd, scale_shift, stream);
   if (p.shape.numel() > 0) cuda::forward_apply(p, scale_shift, out, stream);
   return {out, mean, rstd};

@@ -9,6 +9,13 @@
 namespace groupnorm_ext {
 namespace cuda {
 
+// V consecutive entries of a planar table from index i (i % V == 0, table 16-byte aligned):
+// 16-byte loads.
+template <typename acc_t, int V>
+__device__ __forceinline__ Vec<acc_t, V> load_table(const acc_t* __restrict__ table, int64_t i) {
+  return load_vec<acc_t, V>(table + i);
+}
+
 // How the channel changes across the VEC elements of one vector (uniform over a launch):
 enum class VecChannels : int {
   kSame = 0,        // NCS with S % VEC == 0: one channel per vector
@@ -28,7 +35,14 @@ struct ElementwiseArgs {
   VecChannels vec_channels;
 };
 
-// op(nc, in0, in1) -> output value (acc type), nc = n * C + c.
+// Op reads per-(n, c) parameters from planar tables (one acc-type array per parameter,
+// indexed by nc = n * C + c) and applies them:
+//   typename Op::Params;                         the parameters of one channel
+//   Params load(int64_t nc) const;               one channel
+//   template <int V> void load_consecutive(int64_t nc0, Params (&p)[V]) const;
+//                                                channels nc0 .. nc0 + V - 1 (nc0 % V == 0),
+//                                                with vector loads from the tables
+//   acc_t apply(const Params&, acc_t in0, acc_t in1) const;
 template <typename T, int VEC, int UNROLL, int THREADS, int NIN, typename Op>
 __global__ void __launch_bounds__(THREADS) tiled_elementwise_kernel(ElementwiseArgs<T, NIN> a, Op op) {
   using acc_t = acc_type<T>;
@@ -53,20 +67,24 @@ __global__ void __launch_bounds__(THREADS) tiled_elementwise_kernel(ElementwiseA
       const int64_t l = (int64_t(u) * THREADS + threadIdx.x) * VEC;
       if (e0 + l < a.sample_len) {
         const int64_t nc0 = n * a.C + a.channels.channel(q0, r0, l);
+        typename Op::Params prm[VEC];
+        if (VEC == 1 || a.vec_channels == VecChannels::kSame) {
+          prm[0] = op.load(nc0);
+#pragma unroll
+          for (int j = 1; j < VEC; ++j) prm[j] = prm[0];
+        } else if (a.vec_channels == VecChannels::kConsecutive) {
+          op.load_consecutive(nc0, prm);
+        } else {
+          prm[0] = op.load(nc0);
+#pragma unroll
+          for (int j = 1; j < VEC; ++j) prm[j] = op.load(n * a.C + a.channels.channel(q0, r0, l + j));
+        }
         Vec<T, VEC> o;
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-          int64_t nc = nc0;
-          if (VEC > 1) {
-            if (a.vec_channels == VecChannels::kConsecutive) {
-              nc = nc0 + j;
-            } else if (a.vec_channels == VecChannels::kGeneral) {
-              nc = n * a.C + a.channels.channel(q0, r0, l + j);
-            }
-          }
           const acc_t x0 = static_cast<acc_t>(v[0][u].v[j]);
           const acc_t x1 = NIN > 1 ? static_cast<acc_t>(v[NIN > 1 ? 1 : 0][u].v[j]) : acc_t(0);
-          o.v[j] = static_cast<T>(op(nc, x0, x1));
+          o.v[j] = static_cast<T>(op.apply(prm[j], x0, x1));
         }
         store_vec<T, VEC>(a.out + base + l, o);
       }
