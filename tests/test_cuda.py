@@ -275,3 +275,34 @@ def test_large_offset_float32_statistics():
         out, mean, rstd = ops.group_norm_forward(big.contiguous(memory_format=layout), 2, None, None, 1e-5, "identity")
         assert torch.isfinite(rstd).all() and torch.isfinite(out).all()
         torch.testing.assert_close(rstd.double().cpu(), ref_group_norm(big.cpu(), 2)[2], rtol=1e-4, atol=0)
+
+
+OPCHECK_CASES = [((2, 6, 5, 3), 3, "contiguous"), ((2, 8, 5, 3), 2, "channels_last"), ((2, 8, 7), 4, "contiguous"),
+                 ((1, 4, 2, 3, 2), 2, "channels_last_3d")]
+
+
+@pytest.mark.parametrize("shape,G,layout", OPCHECK_CASES, ids=lambda v: shape_id(v) if isinstance(v, tuple) else str(v))
+def test_opcheck_cuda(shape, G, layout):
+    # schema, fake kernels (strides of the CUDA outputs included), autograd registration
+    x = make(shape, torch.float32, layout, seed=40, requires_grad=True)
+    w, b = make_affine(shape[1], seed=41, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(ops.group_norm.default, (x, G, w, b, 1e-5, "identity"))
+    xd = x.detach()
+    torch.library.opcheck(ops.group_norm_forward.default, (xd, G, w.detach(), b.detach(), 1e-5, "identity"))
+    _, mean, rstd = ops.group_norm_forward(xd, G, w.detach(), b.detach(), 1e-5, "identity")
+    gy = make_grad_out(shape, torch.float32, layout, seed=42, device=DEVICE)
+    for mask in ([True, True, True], [True, False, False], [False, True, True]):
+        torch.library.opcheck(ops.group_norm_backward.default,
+                              (gy, xd, mean, rstd, w.detach(), b.detach(), G, "identity", mask))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradcheck_and_gradgradcheck_cuda(layout):
+    x = make((2, 6, 3, 4), torch.float64, layout, seed=43, requires_grad=True)
+    w, b = make_affine(6, torch.float64, seed=44, device=DEVICE, requires_grad=True)
+
+    def fn(x, w, b):
+        return groupnorm_ext.group_norm(x, 3, w, b, 1e-5)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))

@@ -42,9 +42,9 @@ at::Tensor element_channels(int64_t N, int64_t C, int64_t S, int64_t G, bool cha
   return out;
 }
 
-// Moments of each row of `chunks` (K, L), then their fixed-tree combine: (count, mean, m2).
+// Moments of each row of `chunks` (K, L), element by element.
 template <typename acc_t>
-std::tuple<double, double, double> combine_rows(const at::Tensor& chunks) {
+std::vector<Moments<acc_t>> row_moments(const at::Tensor& chunks) {
   const at::Tensor c = chunks.contiguous();
   const int64_t K = c.size(0), L = c.size(1);
   std::vector<Moments<acc_t>> parts(K);
@@ -54,7 +54,14 @@ std::tuple<double, double, double> combine_rows(const at::Tensor& chunks) {
     for (int64_t i = 0; i < L; ++i) m = combine_moments(m, Moments<acc_t>{1, p[k * L + i], 0});
     parts[k] = m;
   }
-  const Moments<acc_t> m = combine_moments_tree(parts.data(), K);
+  return parts;
+}
+
+// Moments of each row of `chunks` (K, L), then their fixed-tree combine: (count, mean, m2).
+template <typename acc_t>
+std::tuple<double, double, double> combine_rows(const at::Tensor& chunks) {
+  std::vector<Moments<acc_t>> parts = row_moments<acc_t>(chunks);
+  const Moments<acc_t> m = combine_moments_tree(parts.data(), static_cast<int64_t>(parts.size()));
   return {m.count, m.mean, m.m2};
 }
 
@@ -108,15 +115,8 @@ at::Tensor tile_channels(int64_t N, int64_t C, int64_t S, int64_t G, bool channe
 // The plan's fixed tree run level by level as the CUDA finalize runs it (pairs of a level
 // in any order): must give the bits of combine_moments_tree.
 std::tuple<double, double, double> combine_chunks_by_levels(const at::Tensor& chunks) {
-  const at::Tensor c = chunks.to(at::kDouble).contiguous();
-  const int64_t K = c.size(0), L = c.size(1);
-  std::vector<Moments<double>> parts(K);
-  const double* p = c.data_ptr<double>();
-  for (int64_t k = 0; k < K; ++k) {
-    Moments<double> m = empty_moments<double>();
-    for (int64_t i = 0; i < L; ++i) m = combine_moments(m, Moments<double>{1, p[k * L + i], 0});
-    parts[k] = m;
-  }
+  std::vector<Moments<double>> parts = row_moments<double>(chunks.to(at::kDouble));
+  const int64_t K = static_cast<int64_t>(parts.size());
   for (int64_t stride = 1; stride < K; stride *= 2) {
     const int64_t pairs = tree_level_pairs(K, stride);
     for (int64_t q = pairs - 1; q >= 0; --q) {  // reverse order: the order inside a level must not matter
