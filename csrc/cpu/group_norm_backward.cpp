@@ -265,22 +265,31 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
     bwd.run();
   });
   if (grad_weight.defined() || grad_bias.defined()) {
+    // Summed over n in batch order (deterministic), in double, written straight into the
+    // outputs in the parameters' dtype: no temporaries, no extra ATen calls (they dominate
+    // small problems).
     const int64_t N = sh.N, C = sh.C, D = sh.channels_per_group();
     const reduce_t* s_dy = sums[0].const_data_ptr<reduce_t>();
     const reduce_t* s_dy_xc = sums[1].const_data_ptr<reduce_t>();
-    const Tensor rstd64 = bp.rstd.to(at::kDouble);
-    const reduce_t* r = rstd64.const_data_ptr<reduce_t>();
-    Tensor gw = at::zeros({C}, sums.options()), gb = at::zeros({C}, sums.options());
-    reduce_t* gw_p = gw.mutable_data_ptr<reduce_t>();
-    reduce_t* gb_p = gb.mutable_data_ptr<reduce_t>();
-    for (int64_t n = 0; n < N; ++n) {  // in batch order: deterministic
-      for (int64_t c = 0; c < C; ++c) {
-        gw_p[c] += s_dy_xc[n * C + c] * r[n * sh.groups + c / D];
-        gb_p[c] += s_dy[n * C + c];
+    std::vector<reduce_t> gw(C, reduce_t(0)), gb(C, reduce_t(0));
+    AT_DISPATCH_FLOATING_TYPES(bp.rstd.scalar_type(), "group_norm_backward_cpu_params", [&] {
+      const scalar_t* r = bp.rstd.const_data_ptr<scalar_t>();
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t c = 0; c < C; ++c) {
+          gw[c] += s_dy_xc[n * C + c] * static_cast<reduce_t>(r[n * sh.groups + c / D]);
+          gb[c] += s_dy[n * C + c];
+        }
       }
-    }
-    if (grad_weight.defined()) grad_weight.copy_(gw);
-    if (grad_bias.defined()) grad_bias.copy_(gb);
+    });
+    const at::ScalarType param_t = grad_weight.defined() ? grad_weight.scalar_type() : grad_bias.scalar_type();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param_t, "group_norm_backward_cpu_params", [&] {
+      for (Tensor* out : {&grad_weight, &grad_bias}) {
+        if (!out->defined()) continue;
+        const std::vector<reduce_t>& src = out == &grad_weight ? gw : gb;
+        scalar_t* dst = out->mutable_data_ptr<scalar_t>();
+        for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(src[c]);
+      }
+    });
   }
   return {grad_input, grad_weight, grad_bias};
 }
