@@ -12,10 +12,11 @@ import torch  # noqa: F401  (the op library links against libtorch)
 
 from . import _C  # noqa: F401  (loads the op library, which registers the ops)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile / export)
+from .convert import convert_group_norm
 from .functional import group_norm
 from .modules import GroupNorm
 
-__all__ = ["group_norm", "GroupNorm", "cpu_capability", "built_with_cuda", "get_library_path",
+__all__ = ["group_norm", "GroupNorm", "convert_group_norm", "cpu_capability", "built_with_cuda", "get_library_path",
            "get_include", "cmake_prefix_path"]
 __version__ = "0.1.0"
 

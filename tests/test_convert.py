@@ -1,0 +1,90 @@
+"""convert_group_norm: every nn.GroupNorm of a model swapped for ours, parameters shared, outputs and
+gradients unchanged, state_dict keys unchanged, scriptable afterwards."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import groupnorm_ext
+from reference import make_input
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.SiLU())
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(8, 16, eps=1e-6))
+                                     for _ in range(2)])
+        self.heads = nn.ModuleDict({"plain": nn.GroupNorm(2, 16, affine=False)})
+        self.norm_out = nn.GroupNorm(16, 16)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = x + b(x)
+        return self.norm_out(self.heads["plain"](x))
+
+
+def _randomize(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-1, 1)
+
+
+def test_convert_swaps_every_group_norm_and_keeps_results():
+    torch.manual_seed(0)
+    ref = Net()
+    _randomize(ref)
+    model = copy.deepcopy(ref)
+    params_before = dict(model.named_parameters())
+    groupnorm_ext.convert_group_norm(model)
+    kinds = [type(m) for m in model.modules()]
+    assert nn.GroupNorm not in kinds and kinds.count(groupnorm_ext.GroupNorm) == 5
+    # the same Parameter objects: an optimizer made before the swap still trains them
+    assert all(p is params_before[n] for n, p in model.named_parameters())
+    assert list(model.state_dict()) == list(ref.state_dict())
+    assert model.blocks[0][1].eps == 1e-6 and not model.heads["plain"].affine
+    x = make_input((2, 3, 9, 7), seed=1)
+    out, out_ref = model(x), ref(x)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
+    out.square().sum().backward()
+    out_ref.square().sum().backward()
+    grads_ref = dict(ref.named_parameters())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads_ref[n].grad, atol=1e-4, rtol=1e-4, msg=n)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
+def test_convert_keeps_training_mode_dtype_and_scripts():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.GroupNorm(2, 8)).double().eval()
+    groupnorm_ext.convert_group_norm(model)
+    assert not model[1].training and model[1].weight.dtype == torch.float64
+    scripted = torch.jit.script(model)
+    x = make_input((1, 3, 4, 4), torch.float64, seed=2)
+    torch.testing.assert_close(scripted(x), model(x))
+
+
+def test_convert_a_bare_group_norm_returns_the_replacement():
+    norm = nn.GroupNorm(3, 6)
+    new = groupnorm_ext.convert_group_norm(norm)
+    assert type(new) is groupnorm_ext.GroupNorm and new.weight is norm.weight
+
+
+def test_convert_leaves_subclasses_alone():
+    class MyNorm(nn.GroupNorm):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    model = nn.Sequential(MyNorm(2, 4))
+    groupnorm_ext.convert_group_norm(model)
+    assert type(model[0]) is MyNorm
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_convert_cuda_model():
+    model = Net().cuda()
+    ref = copy.deepcopy(model)
+    groupnorm_ext.convert_group_norm(model)
+    x = make_input((2, 3, 8, 8), seed=3, device="cuda")
+    torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=1e-5)
