@@ -8,7 +8,9 @@
 # 4. runs the GPU benchmark (bench/bench.py --device cuda) and writes its Markdown table.
 # Logs and the table go to OUT_DIR (default: $OUT, else bench/results/gpu-check). Each step has
 # a time limit so that the whole check fits one 10-minute call; the exit status is non-zero
-# when any step failed. BENCH_ARGS adds arguments to bench.py (default: --reps 20).
+# when any step failed. BENCH_ARGS adds arguments to bench.py (default: --reps 20);
+# SANITIZER_TOOLS picks the compute-sanitizer tools (default: memcheck racecheck);
+# COMPILE_FILTER (a --filter regex) adds a torch.compile comparison on those cases.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-bench/results/gpu-check}}
@@ -58,6 +60,14 @@ timeout ${BENCH_TIMEOUT:-300} $PY bench/bench.py --device cuda ${BENCH_ARGS:---r
     | tail -n +3 >"$OUT_DIR/bench-stdout.log" || status=1
 grep -E "ERROR|MISMATCH" "$OUT_DIR/bench-progress.log" | head -20
 cat "$OUT_DIR/$MACHINE.md" 2>/dev/null | head -80
+# Optional: torch.compile on a few cases (each compiles for ~20 s), e.g. COMPILE_FILTER='seed|512x512'
+if [ -n "${COMPILE_FILTER:-}" ]; then
+  step "benchmark vs torch.compile ($COMPILE_FILTER)"
+  timeout ${BENCH_TIMEOUT:-300} $PY bench/bench.py --device cuda --compile --filter "$COMPILE_FILTER" --reps 12 \
+      --out "$OUT_DIR/$MACHINE-compile.md" 2>>"$OUT_DIR/bench-progress.log" >/dev/null || status=1
+  grep -E "^\|" "$OUT_DIR/$MACHINE-compile.md" 2>/dev/null | head -30
+fi
+
 # the logs in one archive (a results folder then holds: table .md/.png/.json + logs.tar.gz)
 (cd "$OUT_DIR" && tar czf logs.tar.gz ./*.log static_check.md 2>/dev/null && rm -f build.log tests.log \
     sanitizer-*.log bench-*.log static_check.md)
