@@ -10,7 +10,9 @@
 # a time limit so that the whole check fits one 10-minute call; the exit status is non-zero
 # when any step failed. BENCH_ARGS adds arguments to bench.py (default: --reps 20);
 # SANITIZER_TOOLS picks the compute-sanitizer tools (default: memcheck racecheck);
-# COMPILE_FILTER (a --filter regex) adds a torch.compile comparison on those cases.
+# COMPILE_FILTER (a --filter regex) adds a torch.compile comparison on those cases;
+# UNFUSED_FILTER (a --filter regex) times those cases again with GROUPNORM_EXT_CUDA_FUSED=0;
+# PROFILE=1 adds Nsight Compute counters per kernel (bench/gpu_profile.py; ncu.md, ncu.csv).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-bench/results/gpu-check}}
@@ -68,8 +70,27 @@ if [ -n "${COMPILE_FILTER:-}" ]; then
   grep -E "^\|" "$OUT_DIR/$MACHINE-compile.md" 2>/dev/null | head -30
 fi
 
+# Optional: the same cases with the single-read fused forward turned off (UNFUSED_FILTER, a
+# --filter regex), to compare it with the chunked path on the shapes where both apply
+if [ -n "${UNFUSED_FILTER:-}" ]; then
+  step "benchmark with the fused forward off ($UNFUSED_FILTER)"
+  GROUPNORM_EXT_CUDA_FUSED=0 timeout ${BENCH_TIMEOUT:-300} $PY bench/bench.py --device cuda --filter "$UNFUSED_FILTER" \
+      --reps 20 --out "$OUT_DIR/$MACHINE-unfused.md" 2>>"$OUT_DIR/bench-progress.log" >/dev/null || status=1
+  grep -E "^\|" "$OUT_DIR/$MACHINE-unfused.md" 2>/dev/null | grep -E "fwd \|" | head -30
+fi
+
+# Optional: Nsight Compute counters per kernel on a few large cases (PROFILE=1; ~1-2 min)
+if [ -n "${PROFILE:-}" ]; then
+  step "ncu profile"
+  timeout ${PROFILE_TIMEOUT:-180} ncu --clock-control none --print-units base --csv --page raw --nvtx \
+      --kernel-name regex:'^(ncs_|nsc_|generic_|fused_|finalize_|group_coef|param_grads|tiled_)' \
+      --metrics "$($PY bench/gpu_profile.py --metrics)" $PY bench/gpu_profile.py ${PROFILE_CASES:-} \
+      >"$OUT_DIR/ncu.csv" 2>"$OUT_DIR/ncu-stderr.log" || { status=1; tail -5 "$OUT_DIR/ncu-stderr.log"; }
+  $PY bench/gpu_profile.py --summarize "$OUT_DIR/ncu.csv" >"$OUT_DIR/ncu.md" 2>&1; cat "$OUT_DIR/ncu.md"
+fi
+
 # the logs in one archive (a results folder then holds: table .md/.png/.json + logs.tar.gz)
-(cd "$OUT_DIR" && tar czf logs.tar.gz ./*.log static_check.md 2>/dev/null && rm -f build.log tests.log \
-    sanitizer-*.log bench-*.log static_check.md)
+(cd "$OUT_DIR" && tar czf logs.tar.gz ./*.log static_check.md ncu.csv 2>/dev/null; rm -f build.log tests.log \
+    sanitizer-*.log bench-*.log ncu-stderr.log static_check.md ncu.csv)
 echo; echo "gpu_check: $([ $status -eq 0 ] && echo PASSED || echo FAILED) ($(date +%T))"
 exit $status

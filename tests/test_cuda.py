@@ -1,5 +1,7 @@
 """CUDA kernels: the same contract as on CPU (fp64 reference, CPU path, layouts, dtypes, forward and
 backward), shapes chosen to reach each kernel path, and run-to-run determinism. Skipped without a GPU."""
+import math
+
 import pytest
 import torch
 
@@ -210,9 +212,9 @@ PATH_CASES = [
     ((2, 320, 64, 64), 32, "channels_last", torch.float16, None),      # NSC stats, vectorised, lanes > 1
     ((1, 64, 96, 96), 2, "contiguous", torch.bfloat16, torch.float32),  # slab over the on-chip limit: chunked
     ((1, 64, 96, 96), 2, "contiguous", torch.float16, None),
-    ((1, 64, 64, 64), 2, "contiguous", torch.float16, None),           # exactly 8 blocks of registers
+    ((1, 32, 64, 64), 2, "contiguous", torch.float16, None),           # exactly 8 blocks of registers (64K)
     ((1, 8, 300, 700), 1, "contiguous", torch.float32, None),          # G=1, many chunks: parallel tree
-    ((1, 32, 160, 160), 1, "channels_last", torch.float32, None),      # NSC, G=1, 3200 chunks
+    ((1, 32, 160, 160), 1, "channels_last", torch.float32, None),      # NSC, G=1, 100 chunks
     ((2, 4096, 3, 5), 32, "channels_last", torch.float32, None),       # C too large for shared slots
     ((1, 8192, 2, 2), 64, "channels_last", torch.bfloat16, None),      # C >= the elementwise tile
     ((2, 1280, 16, 16), 32, "channels_last", torch.bfloat16, torch.float32),  # cols > threads
@@ -275,6 +277,31 @@ def test_large_offset_float32_statistics():
         out, mean, rstd = ops.group_norm_forward(big.contiguous(memory_format=layout), 2, None, None, 1e-5, "identity")
         assert torch.isfinite(rstd).all() and torch.isfinite(out).all()
         torch.testing.assert_close(rstd.double().cpu(), ref_group_norm(big.cpu(), 2)[2], rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("shape,G,layout", [((2, 32, 40, 40), 8, "contiguous"), ((1, 16, 256, 256), 2, "contiguous"),
+                                            ((2, 32, 40, 40), 8, "channels_last"), ((1, 64, 256, 256), 4, "channels_last")],
+                         ids=["fused", "chunked", "nsc", "nsc-chunked"])
+def test_shift_outlier_statistics(shape, G, layout):
+    # The one-pass kernels shift each chunk's sums by one of its values: its first element in
+    # memory (NCS; the whole slab's first for the fused path) or each group's first element in
+    # the chunk's first row (NSC). Make exactly those values outliers (1e6 among N(0, 1) data,
+    # so sum (x - shift)^2 is hundreds of times M2): mean and rstd still match fp64 two-pass.
+    x = make(shape, torch.float32, layout, seed=36)
+    N, C, S, D = shape[0], shape[1], math.prod(shape[2:]), shape[1] // G
+    flat = torch.as_strided(x, (x.numel(),), (1,), x.storage_offset())  # memory order
+    if layout == "contiguous":
+        chunk, num = groupnorm_ext._C._plan_parallel_chunk_plan(D * S, 1, N * G, 1, 8)
+        starts = [ng * D * S + k * chunk for ng in range(N * G) for k in range(num)]
+    else:
+        chunk, num = groupnorm_ext._C._plan_parallel_chunk_plan(S, C, N, 1, 1)
+        starts = [(n * S + k * chunk) * C + g * D for n in range(N) for k in range(num) for g in range(G)]
+    flat[torch.tensor(starts, device=DEVICE)] = 1e6
+    out, mean, rstd = ops.group_norm_forward(x, G, None, None, 1e-5, "identity")
+    exp, exp_mean, exp_rstd = ref_group_norm(x.cpu(), G)
+    torch.testing.assert_close(mean.double().cpu(), exp_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rstd.double().cpu(), exp_rstd, rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.double().cpu(), exp, rtol=1e-4, atol=1e-4)
 
 
 OPCHECK_CASES = [((2, 6, 5, 3), 3, "contiguous"), ((2, 8, 5, 3), 2, "channels_last"), ((2, 8, 7), 4, "contiguous"),

@@ -58,6 +58,59 @@ def test_chunk_plan_cap():
     assert num <= 64 and chunk * num >= 10**6
 
 
+@pytest.mark.parametrize("length,per,slabs,min_len,align", [
+    (0, 1, 4, 1, 8), (1, 1, 1, 1, 8), (100, 1, 3, 1, 8), (33554432, 1, 8, 1, 8), (2**31 + 5, 1, 64, 1, 8),
+    (2097152, 64, 2, 1, 1), (4096, 320, 8, 1, 1), (4096, 320, 2, 64, 1), (2097152, 64, 16, 64, 1),
+    (7, 100000, 3, 64, 1), (1000003, 24, 5, 1, 1)])
+def test_parallel_chunk_plan(length, per, slabs, min_len, align):
+    chunk, num = _C._plan_parallel_chunk_plan(length, per, slabs, min_len, align)
+    assert chunk >= 1
+    if length == 0:
+        assert num == 0
+        return
+    assert num == -(-length // chunk) and (num - 1) * chunk < length <= num * chunk
+    default_chunk, _ = _C._plan_chunk_plan(length, per, 0)
+    if chunk < length:  # not clamped to the whole slab
+        assert chunk % align == 0 and chunk >= min_len
+        assert chunk >= default_chunk  # never shorter than the default (cache-sized) plan
+        # bounded length (error of shifted sums), unless min_len / the default plan ask more
+        assert chunk * per <= max(65536 + align * per, default_chunk * per, min_len * per)
+        # few chunks over the whole batch, unless the length cap forces more
+        assert num * slabs <= 4096 + slabs or (chunk + align) * per > 65536
+    # the same shape always gives the same plan
+    assert _C._plan_parallel_chunk_plan(length, per, slabs, min_len, align) == (chunk, num)
+
+
+@pytest.mark.parametrize("case", ["normal", "offset", "outlier_shift", "constant", "tiny_spread", "huge"])
+def test_shifted_moments_accuracy(case):
+    # the CUDA chunk kernels' one-pass moments (shift = one of the chunk's values) against
+    # fp64 two-pass, at the longest chunk the parallel plan makes and on adversarial data
+    g = torch.Generator().manual_seed(7)
+    n = 65536
+    x = torch.randn(n, generator=g)
+    shift_index = 12345
+    if case == "offset":
+        x = x + 1e4
+    elif case == "outlier_shift":  # the shift is the farthest value from the mean
+        x[shift_index] = 1e6
+    elif case == "constant":
+        x = torch.full((n,), 3.25)
+    elif case == "tiny_spread":
+        x = 1.0 + x * 1e-6
+    elif case == "huge":  # squares overflow float32, not double
+        x = x * 1e30
+    count, mean, m2 = _C._plan_shifted_moments(x, shift_index, 256)
+    xd = x.double()
+    ref_mean = xd.mean().item()
+    ref_m2 = ((xd - ref_mean) ** 2).sum().item()
+    assert count == n
+    if case == "constant":
+        assert mean == 3.25 and m2 == 0.0
+        return
+    assert abs(mean - ref_mean) <= 1e-12 * max(abs(ref_mean), xd.std().item())
+    assert abs(m2 - ref_m2) <= 1e-9 * ref_m2
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("K,L", [(1, 1), (1, 1000), (7, 33), (64, 128), (1000, 3)])
 def test_combine_matches_fp64(dtype, K, L):

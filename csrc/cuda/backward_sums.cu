@@ -16,8 +16,8 @@ namespace {
 
 constexpr int kSumThreads = 256;
 constexpr int kWarpsPerBlock = kSumThreads / kWarpSize;
-// NSC row chunks hold at least this many rows, so that the N * C * K partials stay a small
-// fraction of the tensor (16 bytes per (n, c, chunk)).
+// NSC row chunks (the parallel plan's) hold at least this many rows, so that the N * C * K
+// partials stay a small fraction of the tensor (16 bytes per (n, c, chunk)).
 constexpr int64_t kMinNscChunkRows = 64;
 
 template <typename T, int VEC>
@@ -55,50 +55,56 @@ __global__ void __launch_bounds__(kSumThreads) ncs_row_sums_kernel(
   }
 }
 
-struct NscSumLayout {
-  int64_t cols;   // C / VEC
-  int64_t lanes;  // row lanes
-  int64_t slots;  // lanes * C
-};
-
-inline NscSumLayout nsc_sum_layout(int64_t C, int vec) {
-  NscSumLayout l;
-  l.cols = C / vec;
-  l.lanes = l.cols <= kSumThreads ? kSumThreads / l.cols : 1;
-  l.slots = l.lanes * C;
-  return l;
-}
+// 128 threads: at ~100-128 registers (VEC double sums and means per thread) that is 4
+// blocks per SM, whose loads overlap each other's reductions.
+constexpr int kNscSumThreads = 128;
 
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kSumThreads) nsc_chunk_sums_kernel(
+__global__ void __launch_bounds__(kNscSumThreads, 4) nsc_chunk_sums_kernel(
     const T* __restrict__ dy, const T* __restrict__ x, const acc_type<T>* __restrict__ mean, GroupNormShape sh,
-    ChunkPlan plan, NscSumLayout lay, reduce_t* __restrict__ part_dy, reduce_t* __restrict__ part_dy_xc) {
+    ChunkPlan plan, NscLayout lay, FastDivU32 div_d, reduce_t* __restrict__ part_dy,
+    reduce_t* __restrict__ part_dy_xc) {
   using acc_t = acc_type<T>;
+  // rows per batch of loads: half the forward's, since each row here loads dy and x
+  constexpr int B = nsc_batch_rows<VEC>() / 2;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   reduce_t* sa = reinterpret_cast<reduce_t*>(smem_raw);
   reduce_t* sb = sa + lay.slots;
-  const int64_t C = sh.C, D = sh.channels_per_group(), K = plan.num_chunks;
+  const int64_t C = sh.C, K = plan.num_chunks;
   const int64_t n = blockIdx.x / K, k = blockIdx.x - n * K;
   const int64_t r0 = plan.begin(k), r1 = plan.end(k, sh.S);
   const int64_t sample = n * sh.S * C;
+  const int64_t lane_step = lay.lanes * C;  // elements between a thread's consecutive rows
   for (int64_t item = threadIdx.x; item < lay.lanes * lay.cols; item += blockDim.x) {
     const int64_t lane = item / lay.cols, col = item - lane * lay.cols;
     reduce_t mu[VEC], a[VEC], b[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      mu[i] = static_cast<reduce_t>(mean[n * sh.groups + (col * VEC + i) / D]);
+      mu[i] = static_cast<reduce_t>(mean[n * sh.groups + div_d.div(static_cast<uint32_t>(col * VEC + i))]);
       a[i] = 0;
       b[i] = 0;
     }
-    for (int64_t r = r0 + lane; r < r1; r += lay.lanes) {
-      const int64_t off = sample + r * C + col * VEC;
-      const Vec<T, VEC> g = load_vec<T, VEC>(dy + off);
-      const Vec<T, VEC> v = load_vec<T, VEC>(x + off);
+    int64_t off = sample + (r0 + lane) * C + col * VEC;
+    // rows in order r0 + lane, r0 + lane + lanes, ...: B of them loaded before any is added
+    for (int64_t r = r0 + lane; r < r1; r += B * lay.lanes, off += B * lane_step) {
+      Vec<T, VEC> g[B], v[B];
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        const reduce_t gi = static_cast<reduce_t>(static_cast<acc_t>(g.v[i]));
-        a[i] += gi;
-        b[i] += gi * (static_cast<reduce_t>(static_cast<acc_t>(v.v[i])) - mu[i]);
+      for (int j = 0; j < B; ++j) {
+        if (r + j * lay.lanes < r1) {
+          g[j] = load_vec<T, VEC>(dy + off + j * lane_step);
+          v[j] = load_vec<T, VEC>(x + off + j * lane_step);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < B; ++j) {
+        if (r + j * lay.lanes < r1) {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            const reduce_t gi = static_cast<reduce_t>(static_cast<acc_t>(g[j].v[i]));
+            a[i] += gi;
+            b[i] += gi * (static_cast<reduce_t>(static_cast<acc_t>(v[j].v[i])) - mu[i]);
+          }
+        }
       }
     }
 #pragma unroll
@@ -173,23 +179,23 @@ int64_t launch_sums(const BackwardProblem& bp, at::Tensor& part_dy, at::Tensor& 
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return plan.num_chunks;
   }
-  const int64_t max_chunks = std::max<int64_t>(1, sh.S / kMinNscChunkRows);
-  const ChunkPlan plan = make_chunk_plan(sh.S, sh.C, max_chunks);
+  const ChunkPlan plan = make_parallel_chunk_plan(sh.S, sh.C, sh.N, kMinNscChunkRows);
   const int64_t K = plan.num_chunks;
   part_dy = at::empty({NC * K}, opts);
   part_dy_xc = at::empty({NC * K}, opts);
   const bool vec = aligned && sh.C % kVec == 0;
-  const NscSumLayout lay = nsc_sum_layout(sh.C, vec ? kVec : 1);
+  const NscLayout lay = nsc_layout(sh.C, vec ? kVec : 1, kNscSumThreads);
   const size_t smem = 2 * lay.slots * sizeof(reduce_t);
-  if (smem <= 48 * 1024) {
+  if (smem <= 48 * 1024 && sh.C < INT32_MAX) {
     const int64_t blocks = sh.N * K;
+    const FastDivU32 div_d(static_cast<uint32_t>(sh.channels_per_group()));
     TORCH_CHECK(blocks <= INT32_MAX, "group_norm_backward (CUDA): too many chunks (", blocks, ")");
     if (vec) {
-      nsc_chunk_sums_kernel<T, kVec><<<static_cast<unsigned>(blocks), kSumThreads, smem, stream>>>(
-          dy, x, mean, sh, plan, lay, part_dy.mutable_data_ptr<reduce_t>(), part_dy_xc.mutable_data_ptr<reduce_t>());
+      nsc_chunk_sums_kernel<T, kVec><<<static_cast<unsigned>(blocks), kNscSumThreads, smem, stream>>>(
+          dy, x, mean, sh, plan, lay, div_d, part_dy.mutable_data_ptr<reduce_t>(), part_dy_xc.mutable_data_ptr<reduce_t>());
     } else {
-      nsc_chunk_sums_kernel<T, 1><<<static_cast<unsigned>(blocks), kSumThreads, smem, stream>>>(
-          dy, x, mean, sh, plan, lay, part_dy.mutable_data_ptr<reduce_t>(), part_dy_xc.mutable_data_ptr<reduce_t>());
+      nsc_chunk_sums_kernel<T, 1><<<static_cast<unsigned>(blocks), kNscSumThreads, smem, stream>>>(
+          dy, x, mean, sh, plan, lay, div_d, part_dy.mutable_data_ptr<reduce_t>(), part_dy_xc.mutable_data_ptr<reduce_t>());
     }
   } else {
     const int64_t tasks = NC * K;

@@ -1,14 +1,18 @@
 // The single-read forward for NCS inputs whose (n, group) slabs fit on chip. A slab (one
 // contiguous run of D * S elements) is split over a thread-block cluster of `cs` blocks
 // (cs = 1 below sm_90); each block keeps its piece in registers, so x is read from memory
-// once and y written once. The statistics are the exact two-pass ones over the whole slab:
-// the blocks exchange their partial sums through distributed shared memory and add them in
-// rank order, so every block gets the same bits (no atomics), then each normalizes its
-// piece from registers.
+// once and y written once. The statistics come from one pass over the registers (shifted
+// sums in double); the blocks exchange their partial sums once through distributed shared
+// memory and add them in rank order, so every block gets the same bits (no atomics), then
+// each normalizes its piece from registers. GROUPNORM_EXT_CUDA_FUSED=0 turns this path off
+// (the chunked path then runs: for benchmarking the two).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <cooperative_groups.h>
+
+#include <cstdlib>
+#include <string_view>
 
 #include "block_reduce.cuh"
 #include "forward.h"
@@ -19,7 +23,14 @@ namespace cuda {
 namespace {
 
 constexpr int kFusedThreads = 256;
-constexpr int kFusedVecsPerThread = 8;  // 32 KB of x per block in registers
+// 16-byte vectors of x a thread keeps in registers: 8 (32 KB per block) for 4- and 8-byte
+// types; 4 for 2-byte ones, whose 8 values per vector take twice the registers once
+// converted (8 vectors there cost ~128 registers, two blocks per SM, and measured slower
+// than the chunked path on an H200).
+template <typename T>
+constexpr int fused_vecs_per_thread() {
+  return sizeof(T) >= 4 ? 8 : 4;
+}
 constexpr int kMaxCluster = 8;          // the portable cluster size limit
 
 struct FusedArgs {
@@ -59,14 +70,14 @@ __device__ __forceinline__ void cluster_sum2(reduce_t* slot, int cluster, reduce
 }
 
 template <typename T, typename param_t, int VEC>
-__global__ void __launch_bounds__(kFusedThreads) fused_forward_kernel(
+__global__ void __launch_bounds__(kFusedThreads, 3) fused_forward_kernel(
     const T* __restrict__ x, T* __restrict__ y, const param_t* __restrict__ weight,
     const param_t* __restrict__ bias, FusedArgs a, acc_type<T>* __restrict__ mean_out,
     acc_type<T>* __restrict__ rstd_out) {
   using acc_t = acc_type<T>;
-  constexpr int kVecs = kFusedVecsPerThread;
+  constexpr int kVecs = fused_vecs_per_thread<T>();
   __shared__ reduce_t shared[2 * kWarpSize];
-  __shared__ reduce_t slot1[2], slot2[2];
+  __shared__ reduce_t slot[2];
   __shared__ reduce_t bcast[2];
   const int64_t ng = blockIdx.x / a.cluster;
   const int rank = static_cast<int>(blockIdx.x - ng * a.cluster);
@@ -82,47 +93,31 @@ __global__ void __launch_bounds__(kFusedThreads) fused_forward_kernel(
     const int i = j * kFusedThreads + static_cast<int>(threadIdx.x);
     if (i < count_vecs) v[j] = load_vec<T, VEC>(xs + static_cast<int64_t>(i) * VEC);
   }
-  // pass 1: the slab's sum
-  reduce_t sum = 0, unused = 0;
-#pragma unroll
-  for (int j = 0; j < kVecs; ++j) {
-    if (j * kFusedThreads + static_cast<int>(threadIdx.x) < count_vecs) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) sum += static_cast<reduce_t>(static_cast<acc_t>(v[j].v[e]));
-    }
-  }
-  block_sum2(sum, unused, shared);
-  if (threadIdx.x == 0) {
-    slot1[0] = sum;
-    slot1[1] = 0;
-  }
-  cluster_sum2(slot1, a.cluster, sum, unused);
-  if (threadIdx.x == 0) bcast[0] = sum / static_cast<reduce_t>(a.slab_len);
-  __syncthreads();
-  const reduce_t mean0 = bcast[0];
-  // pass 2: deviations from that mean
+  // One pass over the registers: sums of d = x - shift with the shift the slab's first
+  // element (the shifted-data algorithm in double, see moments_from_deviations), so the
+  // cluster exchanges its partial sums once.
+  const reduce_t shift = static_cast<reduce_t>(static_cast<acc_t>(x[ng * a.slab_len]));
   reduce_t sum_d = 0, sum_d2 = 0;
 #pragma unroll
   for (int j = 0; j < kVecs; ++j) {
     if (j * kFusedThreads + static_cast<int>(threadIdx.x) < count_vecs) {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const reduce_t d = static_cast<reduce_t>(static_cast<acc_t>(v[j].v[e])) - mean0;
+        const reduce_t d = static_cast<reduce_t>(static_cast<acc_t>(v[j].v[e])) - shift;
         sum_d += d;
         sum_d2 += d * d;
       }
     }
   }
-  __syncthreads();  // `shared` and `bcast` are reused
   block_sum2(sum_d, sum_d2, shared);
   if (threadIdx.x == 0) {
-    slot2[0] = sum_d;
-    slot2[1] = sum_d2;
+    slot[0] = sum_d;
+    slot[1] = sum_d2;
   }
-  cluster_sum2(slot2, a.cluster, sum_d, sum_d2);
+  cluster_sum2(slot, a.cluster, sum_d, sum_d2);
   if (threadIdx.x == 0) {
     const Moments<reduce_t> m =
-        moments_from_deviations(static_cast<reduce_t>(a.slab_len), mean0, sum_d, sum_d2);
+        moments_from_deviations(static_cast<reduce_t>(a.slab_len), shift, sum_d, sum_d2);
     const reduce_t r = rstd_from_variance(moments_variance(m), a.eps);
     bcast[0] = m.mean;
     bcast[1] = r;
@@ -211,8 +206,12 @@ bool launch_fused(const ForwardProblem& p, const FusedArgs& a, at::Tensor& out, 
 
 bool forward_fused(const ForwardProblem& p, double eps, at::Tensor& out, at::Tensor& mean, at::Tensor& rstd,
                    cudaStream_t stream) {
+  static const bool enabled = [] {
+    const char* env = std::getenv("GROUPNORM_EXT_CUDA_FUSED");
+    return env == nullptr || std::string_view(env) != "0";
+  }();
   const GroupNormShape& sh = p.shape;
-  if (sh.order != MemoryOrder::NCS) return false;
+  if (!enabled || sh.order != MemoryOrder::NCS) return false;
   const int vec = static_cast<int>(kVecBytes / p.input.element_size());
   const int64_t slab_len = sh.group_elems();
   if (slab_len == 0 || slab_len % vec != 0 || !aligned_to(p.input.const_data_ptr(), kVecBytes) ||
@@ -221,7 +220,9 @@ bool forward_fused(const ForwardProblem& p, double eps, at::Tensor& out, at::Ten
   }
   const int64_t slabs = sh.N * sh.groups;
   const int64_t slab_vecs = slab_len / vec;
-  const int64_t block_vecs = int64_t(kFusedThreads) * kFusedVecsPerThread;
+  const int64_t block_vecs =
+      int64_t(kFusedThreads) * (p.input.element_size() >= 4 ? fused_vecs_per_thread<float>()
+                                                             : fused_vecs_per_thread<c10::Half>());
   const auto* prop = at::cuda::getCurrentDeviceProperties();
   const int max_cluster = prop->major >= 9 ? kMaxCluster : 1;
   const int64_t needed = (slab_vecs + block_vecs - 1) / block_vecs;

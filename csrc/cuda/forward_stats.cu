@@ -1,8 +1,9 @@
-// Forward statistics by the plan (plan.h): one block per chunk computes the chunk's moments
-// by the corrected two-pass algorithm from registers (x is read once), then one block per
-// (n, group) combines its chunks with the plan's fixed tree, a level at a time in parallel,
-// and writes mean, rstd and the per-channel affine table. No atomics: the same bits on
-// every run.
+// Forward statistics by the plan (plan.h): one block per chunk of the parallel plan
+// computes the chunk's moments in one pass, from sums of x - shift with the shift one of the
+// chunk's own values (the shifted-data algorithm, in double: see moments_from_deviations),
+// then one block per (n, group) combines its chunks with the plan's fixed tree, a level at
+// a time in parallel, and writes mean, rstd and the per-channel affine table. No atomics:
+// the same bits on every run.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -16,81 +17,54 @@ namespace cuda {
 namespace {
 
 constexpr int kStatsThreads = 256;
-// A chunk holds at most kChunkTargetElems elements: kItems per thread, kept in registers.
-constexpr int kItems = static_cast<int>(kChunkTargetElems) / kStatsThreads;
-static_assert(kItems * kStatsThreads == kChunkTargetElems, "chunk must split evenly over the block");
+// 16-byte loads a thread issues before it adds any of them (NCS): enough bytes in flight
+// to cover DRAM latency, where a plain strided loop keeps one load per thread in flight.
+constexpr int kNcsBatch = 4;
 
-// NCS: the chunk is a contiguous run of the slab. VEC > 1 needs a 16-byte aligned x and
-// slab length (so that every chunk starts aligned and holds whole vectors).
+// NCS: the chunk is a contiguous run of the slab; the shift is its first element. VEC > 1
+// needs a 16-byte aligned x and slab length (so that every chunk, a multiple of 8 elements
+// long, starts aligned and holds whole vectors).
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kStatsThreads) ncs_chunk_moments_kernel(
     const T* __restrict__ x, int64_t slab_len, ChunkPlan plan, Moments<reduce_t>* __restrict__ partials) {
   using acc_t = acc_type<T>;
-  constexpr int kVecs = kItems / VEC;
   __shared__ reduce_t shared[2 * kWarpSize];
-  __shared__ reduce_t mean0_shared;
   const int64_t task = blockIdx.x;  // ng * K + k
   const int64_t ng = task / plan.num_chunks, k = task - ng * plan.num_chunks;
   const int64_t begin = plan.begin(k);
-  const int count = static_cast<int>(plan.end(k, slab_len) - begin);
+  const int64_t count = plan.end(k, slab_len) - begin;
   const T* p = x + ng * slab_len + begin;
-  acc_t vals[kItems];
+  const reduce_t shift = static_cast<reduce_t>(static_cast<acc_t>(p[0]));
+  constexpr int64_t kStep = int64_t(kStatsThreads) * VEC;
+  reduce_t s1 = 0, s2 = 0;
+  for (int64_t e = int64_t(threadIdx.x) * VEC; e < count; e += kNcsBatch * kStep) {
+    Vec<T, VEC> v[kNcsBatch];
 #pragma unroll
-  for (int j = 0; j < kVecs; ++j) {
-    const int e = (j * kStatsThreads + static_cast<int>(threadIdx.x)) * VEC;
-    if (e < count) {
-      const Vec<T, VEC> v = load_vec<T, VEC>(p + e);
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) vals[j * VEC + i] = static_cast<acc_t>(v.v[i]);
+    for (int b = 0; b < kNcsBatch; ++b) {
+      if (e + b * kStep < count) v[b] = load_vec<T, VEC>(p + e + b * kStep);
     }
-  }
-  reduce_t sum = 0, unused = 0;
 #pragma unroll
-  for (int j = 0; j < kVecs; ++j) {
-    if ((j * kStatsThreads + static_cast<int>(threadIdx.x)) * VEC < count) {
+    for (int b = 0; b < kNcsBatch; ++b) {
+      if (e + b * kStep < count) {
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) sum += static_cast<reduce_t>(vals[j * VEC + i]);
-    }
-  }
-  block_sum2(sum, unused, shared);
-  if (threadIdx.x == 0) mean0_shared = sum / count;
-  __syncthreads();
-  const reduce_t mean0 = mean0_shared;
-  reduce_t sum_d = 0, sum_d2 = 0;
-#pragma unroll
-  for (int j = 0; j < kVecs; ++j) {
-    if ((j * kStatsThreads + static_cast<int>(threadIdx.x)) * VEC < count) {
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        // in double: no overflow of x - mean0 or its square for any finite float input
-        const reduce_t d = static_cast<reduce_t>(vals[j * VEC + i]) - mean0;
-        sum_d += d;
-        sum_d2 += d * d;
+        for (int i = 0; i < VEC; ++i) {
+          // in double: no overflow of x - shift or its square for any finite float input
+          const reduce_t d = static_cast<reduce_t>(static_cast<acc_t>(v[b].v[i])) - shift;
+          s1 += d;
+          s2 += d * d;
+        }
       }
     }
   }
-  __syncthreads();  // `shared` is reused
-  block_sum2(sum_d, sum_d2, shared);
-  if (threadIdx.x == 0) partials[task] = moments_from_deviations(static_cast<reduce_t>(count), mean0, sum_d, sum_d2);
+  block_sum2(s1, s2, shared);
+  if (threadIdx.x == 0) partials[task] = moments_from_deviations(static_cast<reduce_t>(count), shift, s1, s2);
 }
 
 // NSC: a chunk is rows [r0, r1) of one sample with all C channels, so one block reduces
-// every group of the sample. Thread `item` owns a column of VEC channels and the rows
-// lane, lane + lanes, ...; per-channel sums meet in shared memory ([lane][channel]) and
-// one warp per group adds them in a fixed order.
-struct NscLayout {
-  int64_t cols;   // C / VEC
-  int64_t lanes;  // row lanes: blockDim / cols, at least 1
-  int64_t slots;  // lanes * C: shared slots per sum
-};
-
-inline NscLayout nsc_layout(int64_t C, int vec, int threads) {
-  NscLayout l;
-  l.cols = C / vec;
-  l.lanes = l.cols <= threads ? threads / l.cols : 1;
-  l.slots = l.lanes * C;
-  return l;
-}
+// every group of the sample; each group's shift is its first element in row r0. Thread
+// `item` owns a column of VEC channels and the rows lane, lane + lanes, ... (NscLayout),
+// loaded nsc_batch_rows<VEC>() at a time; per-channel sums meet in shared memory
+// ([lane][channel]) and one warp per group adds them in a fixed order.
 
 // Sum over the lanes and channels of group g of the [lane][channel] slots, by one warp in
 // a fixed order (lane-strided partial sums, then the shuffle tree).
@@ -105,68 +79,62 @@ __device__ __forceinline__ void warp_group_sum2(const reduce_t* a, const reduce_
     const int64_t row_lane = div_d.div(static_cast<uint32_t>(i));
     const int64_t slot = row_lane * C + g * D + (i - row_lane * D);
     sa += a[slot];
-    if (b) sb += b[slot];
+    sb += b[slot];
   }
   sa = warp_sum(sa);
   sb = warp_sum(sb);
 }
 
+// 128 threads: at ~100-128 registers (VEC double sums and shifts per thread) that is 4
+// blocks per SM, whose loads overlap each other's reductions.
+constexpr int kNscStatsThreads = 128;
+
 template <typename T, int VEC>
-__global__ void __launch_bounds__(kStatsThreads) nsc_chunk_moments_kernel(
+__global__ void __launch_bounds__(kNscStatsThreads, 4) nsc_chunk_moments_kernel(
     const T* __restrict__ x, GroupNormShape sh, ChunkPlan plan, NscLayout lay, FastDivU32 div_d,
     Moments<reduce_t>* __restrict__ partials) {
   using acc_t = acc_type<T>;
+  constexpr int B = nsc_batch_rows<VEC>();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   reduce_t* sum_a = reinterpret_cast<reduce_t*>(smem_raw);
   reduce_t* sum_b = sum_a + lay.slots;
-  reduce_t* mean0_g = sum_b + lay.slots;
   const int64_t C = sh.C, G = sh.groups, D = sh.channels_per_group();
   const int64_t K = plan.num_chunks;
   const int64_t n = blockIdx.x / K, k = blockIdx.x - n * K;
   const int64_t r0 = plan.begin(k), r1 = plan.end(k, sh.S);
+  const int64_t lane_step = lay.lanes * C;  // elements between a thread's consecutive rows
   const T* xs = x + n * sh.S * C;
+  const T* first_row = xs + r0 * C;
   const int warp = threadIdx.x / kWarpSize, num_warps = blockDim.x / kWarpSize;
 
-  // pass 1: per-(lane, channel) sums
   for (int64_t item = threadIdx.x; item < lay.lanes * lay.cols; item += blockDim.x) {
     const int64_t lane = item / lay.cols, col = item - lane * lay.cols;
-    reduce_t acc[VEC];
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) acc[i] = 0;
-    for (int64_t r = r0 + lane; r < r1; r += lay.lanes) {
-      const Vec<T, VEC> v = load_vec<T, VEC>(xs + r * C + col * VEC);
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) acc[i] += static_cast<reduce_t>(static_cast<acc_t>(v.v[i]));
-    }
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) sum_a[lane * C + col * VEC + i] = acc[i];
-  }
-  __syncthreads();
-  const reduce_t count = static_cast<reduce_t>(D * (r1 - r0));
-  for (int64_t g = warp; g < G; g += num_warps) {
-    reduce_t s, unused;
-    warp_group_sum2(sum_a, nullptr, C, D, lay.lanes, g, div_d, s, unused);
-    if (threadIdx.x % kWarpSize == 0) mean0_g[g] = s / count;
-  }
-  __syncthreads();
-
-  // pass 2: deviations from each group's first-pass mean (the chunk is in L1 / L2 now)
-  for (int64_t item = threadIdx.x; item < lay.lanes * lay.cols; item += blockDim.x) {
-    const int64_t lane = item / lay.cols, col = item - lane * lay.cols;
-    reduce_t m[VEC], s1[VEC], s2[VEC];
+    reduce_t shift[VEC], s1[VEC], s2[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      m[i] = mean0_g[(col * VEC + i) / D];
+      const int64_t group_first = int64_t(div_d.div(static_cast<uint32_t>(col * VEC + i))) * D;
+      shift[i] = static_cast<reduce_t>(static_cast<acc_t>(first_row[group_first]));
       s1[i] = 0;
       s2[i] = 0;
     }
-    for (int64_t r = r0 + lane; r < r1; r += lay.lanes) {
-      const Vec<T, VEC> v = load_vec<T, VEC>(xs + r * C + col * VEC);
+    const T* p = xs + (r0 + lane) * C + col * VEC;
+    // rows in order r0 + lane, r0 + lane + lanes, ...: B of them loaded before any is added
+    for (int64_t r = r0 + lane; r < r1; r += B * lay.lanes, p += B * lane_step) {
+      Vec<T, VEC> v[B];
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        const reduce_t d = static_cast<reduce_t>(static_cast<acc_t>(v.v[i])) - m[i];
-        s1[i] += d;
-        s2[i] += d * d;
+      for (int b = 0; b < B; ++b) {
+        if (r + b * lay.lanes < r1) v[b] = load_vec<T, VEC>(p + b * lane_step);
+      }
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        if (r + b * lay.lanes < r1) {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            const reduce_t d = static_cast<reduce_t>(static_cast<acc_t>(v[b].v[i])) - shift[i];
+            s1[i] += d;
+            s2[i] += d * d;
+          }
+        }
       }
     }
 #pragma unroll
@@ -176,12 +144,13 @@ __global__ void __launch_bounds__(kStatsThreads) nsc_chunk_moments_kernel(
     }
   }
   __syncthreads();
+  const reduce_t count = static_cast<reduce_t>(D * (r1 - r0));
   for (int64_t g = warp; g < G; g += num_warps) {
     reduce_t sd, sd2;
     warp_group_sum2(sum_a, sum_b, C, D, lay.lanes, g, div_d, sd, sd2);
     if (threadIdx.x % kWarpSize == 0) {
-      partials[(n * G + g) * K + k] =
-          moments_from_deviations(count, mean0_g[g], sd, sd2);
+      const reduce_t shift = static_cast<reduce_t>(static_cast<acc_t>(first_row[g * D]));
+      partials[(n * G + g) * K + k] = moments_from_deviations(count, shift, sd, sd2);
     }
   }
 }
@@ -189,33 +158,24 @@ __global__ void __launch_bounds__(kStatsThreads) nsc_chunk_moments_kernel(
 // NSC chunks for any C (the shared-memory slots of the kernel above grow with C): one block
 // per (n, group, chunk), element by element through the plan's offsets.
 template <typename T>
-__global__ void generic_chunk_moments_kernel(
+__global__ void __launch_bounds__(kStatsThreads) generic_chunk_moments_kernel(
     const T* __restrict__ x, GroupNormShape sh, ChunkPlan plan, Moments<reduce_t>* __restrict__ partials) {
   __shared__ reduce_t shared[2 * kWarpSize];
-  __shared__ reduce_t mean0_shared;
   const int64_t K = plan.num_chunks;
   const int64_t task = blockIdx.x;  // ((n * G) + g) * K + k
   const int64_t k = task % K, ng = task / K;
   const int64_t n = ng / sh.groups, g = ng % sh.groups;
   const int64_t count = chunk_elems(sh, plan, k);
-  reduce_t sum = 0, unused = 0;
-  for (int64_t e = threadIdx.x; e < count; e += blockDim.x) {
-    sum += static_cast<reduce_t>(x[chunk_element_offset(sh, plan, n, g, k, e)]);
-  }
-  block_sum2(sum, unused, shared);
-  if (threadIdx.x == 0) mean0_shared = sum / static_cast<reduce_t>(count);
-  __syncthreads();
-  const reduce_t mean0 = mean0_shared;
+  const reduce_t shift = static_cast<reduce_t>(x[chunk_element_offset(sh, plan, n, g, k, 0)]);
   reduce_t sum_d = 0, sum_d2 = 0;
   for (int64_t e = threadIdx.x; e < count; e += blockDim.x) {
-    const reduce_t d = static_cast<reduce_t>(x[chunk_element_offset(sh, plan, n, g, k, e)]) - mean0;
+    const reduce_t d = static_cast<reduce_t>(x[chunk_element_offset(sh, plan, n, g, k, e)]) - shift;
     sum_d += d;
     sum_d2 += d * d;
   }
-  __syncthreads();
   block_sum2(sum_d, sum_d2, shared);
   if (threadIdx.x == 0) {
-    partials[task] = moments_from_deviations(static_cast<reduce_t>(count), mean0, sum_d, sum_d2);
+    partials[task] = moments_from_deviations(static_cast<reduce_t>(count), shift, sum_d, sum_d2);
   }
 }
 
@@ -230,11 +190,27 @@ __global__ void __launch_bounds__(kStatsThreads) finalize_kernel(
   __shared__ reduce_t stats[2];
   const int64_t ng = blockIdx.x;
   Moments<reduce_t>* part = partials + ng * K;
+  // Each thread loads kPairBatch pairs before it stores any: independent L2 loads in flight
+  // instead of one round trip per pair (the pairs of a level are disjoint, so the bits
+  // are those of the sequential tree).
+  constexpr int kPairBatch = 4;
   for (int64_t stride = 1; stride < K; stride *= 2) {
     const int64_t pairs = tree_level_pairs(K, stride);
-    for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
-      const int64_t i = 2 * stride * p;
-      part[i] = combine_moments(part[i], part[i + stride]);
+    for (int64_t p0 = threadIdx.x; p0 < pairs; p0 += kPairBatch * static_cast<int64_t>(blockDim.x)) {
+      Moments<reduce_t> lo[kPairBatch], hi[kPairBatch];
+#pragma unroll
+      for (int u = 0; u < kPairBatch; ++u) {
+        const int64_t p = p0 + u * static_cast<int64_t>(blockDim.x);
+        if (p < pairs) {
+          lo[u] = part[2 * stride * p];
+          hi[u] = part[2 * stride * p + stride];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kPairBatch; ++u) {
+        const int64_t p = p0 + u * static_cast<int64_t>(blockDim.x);
+        if (p < pairs) part[2 * stride * p] = combine_moments(lo[u], hi[u]);
+      }
     }
     __syncthreads();
   }
@@ -280,17 +256,17 @@ void launch_chunk_moments(const ForwardProblem& p, const ChunkPlan& plan, Moment
     return;
   }
   const bool vec = aligned_to(x, kVecBytes) && sh.C % kVec == 0;
-  const NscLayout lay = nsc_layout(sh.C, vec ? kVec : 1, kStatsThreads);
-  const size_t smem = (2 * lay.slots + sh.groups) * sizeof(reduce_t);
+  const NscLayout lay = nsc_layout(sh.C, vec ? kVec : 1, kNscStatsThreads);
+  const size_t smem = 2 * lay.slots * sizeof(reduce_t);
   const int64_t blocks = sh.N * plan.num_chunks;
-  if (smem <= 48 * 1024 && sh.channels_per_group() * lay.lanes < INT32_MAX) {
+  if (smem <= 48 * 1024 && sh.channels_per_group() * lay.lanes < INT32_MAX && sh.C < INT32_MAX) {
     TORCH_CHECK(blocks <= INT32_MAX, "group_norm_forward (CUDA): too many chunks (", blocks, ")");
     const FastDivU32 div_d(static_cast<uint32_t>(sh.channels_per_group()));
     if (vec) {
-      nsc_chunk_moments_kernel<T, kVec><<<static_cast<unsigned>(blocks), kStatsThreads, smem, stream>>>(
+      nsc_chunk_moments_kernel<T, kVec><<<static_cast<unsigned>(blocks), kNscStatsThreads, smem, stream>>>(
           x, sh, plan, lay, div_d, partials);
     } else {
-      nsc_chunk_moments_kernel<T, 1><<<static_cast<unsigned>(blocks), kStatsThreads, smem, stream>>>(
+      nsc_chunk_moments_kernel<T, 1><<<static_cast<unsigned>(blocks), kNscStatsThreads, smem, stream>>>(
           x, sh, plan, lay, div_d, partials);
     }
   } else {
@@ -320,7 +296,9 @@ void launch_finalize(const ForwardProblem& p, Moments<reduce_t>* partials, int64
 void forward_stats(const ForwardProblem& p, double eps, at::Tensor& mean, at::Tensor& rstd,
                    at::Tensor& scale_shift, cudaStream_t stream) {
   const GroupNormShape& sh = p.shape;
-  const ChunkPlan plan = make_chunk_plan(sh);
+  const ChunkPlan plan = sh.order == MemoryOrder::NCS
+                             ? make_parallel_chunk_plan(sh.group_elems(), 1, sh.N * sh.groups, 1, 8)
+                             : make_parallel_chunk_plan(sh.S, sh.C, sh.N);
   const int64_t slabs = sh.N * sh.groups;
   TORCH_CHECK(slabs <= INT32_MAX, "group_norm_forward (CUDA): too many (n, group) slabs (", slabs, ")");
   at::Tensor partials = at::empty({slabs * plan.num_chunks * static_cast<int64_t>(sizeof(Moments<reduce_t>))},

@@ -39,6 +39,7 @@ __global__ void __launch_bounds__(kCoefThreads) group_coefficients_kernel(
   for (int64_t j = warp; j < D; j += kCoefThreads / kWarpSize) {
     const int64_t nc = n * sh.C + g * D + j;
     reduce_t a = 0, b = 0;
+#pragma unroll 4
     for (int64_t k = lane; k < K; k += kWarpSize) {
       a += part_dy[nc * K + k];
       b += part_dy_xc[nc * K + k];

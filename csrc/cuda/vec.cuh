@@ -50,6 +50,31 @@ __device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
   *reinterpret_cast<Vec<T, N>*>(p) = v;
 }
 
+// Channels-last (NSC) chunk kernels: thread `item` of a block owns a column of VEC channels
+// (col = item % cols) and the rows lane, lane + lanes, ... of the chunk (lane = item / cols);
+// per-(lane, channel) sums meet in shared memory as [lane][channel] slots.
+struct NscLayout {
+  int64_t cols;   // C / VEC
+  int64_t lanes;  // row lanes: threads / cols, at least 1
+  int64_t slots;  // lanes * C: shared slots per sum
+};
+
+inline NscLayout nsc_layout(int64_t C, int vec, int threads) {
+  NscLayout l;
+  l.cols = C / vec;
+  l.lanes = l.cols <= threads ? threads / l.cols : 1;
+  l.slots = l.lanes * C;
+  return l;
+}
+
+// Rows of a column a thread loads before it adds any of them: enough independent 16-byte
+// loads in flight to cover DRAM latency (a plain row loop keeps one in flight); 4 for 8-wide
+// vectors keeps their VEC double accumulators and the batch within ~100 registers.
+template <int VEC>
+constexpr int nsc_batch_rows() {
+  return VEC >= 8 ? 4 : 8;
+}
+
 inline bool aligned_to(const void* p, int bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }

@@ -20,6 +20,13 @@ std::pair<int64_t, int64_t> chunk_plan(int64_t S, int64_t elems_per_position, in
   return {p.chunk_len, p.num_chunks};
 }
 
+// (chunk_len, num_chunks) of make_parallel_chunk_plan.
+std::pair<int64_t, int64_t> parallel_chunk_plan(int64_t length, int64_t elems_per_unit, int64_t slabs,
+                                                int64_t min_len, int64_t align) {
+  const ChunkPlan p = make_parallel_chunk_plan(length, elems_per_unit, slabs, min_len, align);
+  return {p.chunk_len, p.num_chunks};
+}
+
 // Memory offsets of every element, in plan order: (n, g, chunk, element).
 at::Tensor chunk_offsets(int64_t N, int64_t C, int64_t S, int64_t G, bool channels_last) {
   const GroupNormShape sh = make_shape(N, C, S, G, channels_last);
@@ -69,6 +76,30 @@ std::tuple<double, double, double> combine_chunks(const at::Tensor& chunks) {
   TORCH_CHECK(chunks.dim() == 2, "expected a (K, L) tensor");
   if (chunks.scalar_type() == at::kDouble) return combine_rows<double>(chunks);
   return combine_rows<float>(chunks.to(at::kFloat));
+}
+
+// (count, mean, M2) of float32 values by the CUDA chunk kernels' one-pass method: shift =
+// values[shift_index], `lanes` interleaved double partial sums of x - shift and its square
+// (thread i takes elements i, i + lanes, ...), added in order, then moments_from_deviations.
+std::tuple<double, double, double> shifted_moments(const at::Tensor& values, int64_t shift_index, int64_t lanes) {
+  const at::Tensor v = values.to(at::kFloat).contiguous();
+  const float* x = v.data_ptr<float>();
+  const int64_t n = v.numel();
+  TORCH_CHECK(n > 0 && shift_index >= 0 && shift_index < n && lanes > 0, "bad shifted_moments arguments");
+  const double shift = static_cast<double>(x[shift_index]);
+  double s1 = 0, s2 = 0;
+  for (int64_t lane = 0; lane < lanes; ++lane) {
+    double a = 0, b = 0;
+    for (int64_t i = lane; i < n; i += lanes) {
+      const double d = static_cast<double>(x[i]) - shift;
+      a += d;
+      b += d * d;
+    }
+    s1 += a;
+    s2 += b;
+  }
+  const Moments<double> m = moments_from_deviations(static_cast<double>(n), shift, s1, s2);
+  return {m.count, m.mean, m.m2};
 }
 
 // Head / body / tail split of [begin, end) for vectors of `vec` elements.
@@ -132,7 +163,9 @@ std::tuple<double, double, double> combine_chunks_by_levels(const at::Tensor& ch
 
 void bind_plan(pybind11::module& m) {
   m.def("_plan_chunk_plan", &chunk_plan);
+  m.def("_plan_parallel_chunk_plan", &parallel_chunk_plan);
   m.def("_plan_chunk_offsets", &chunk_offsets);
+  m.def("_plan_shifted_moments", &shifted_moments);
   m.def("_plan_element_channels", &element_channels);
   m.def("_plan_combine_chunks", &combine_chunks);
   m.def("_plan_vector_split", &vector_split);
