@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include "../group_norm.h"
+#include "huge_pages.h"
 #include "loops.h"
 #include "schedule.h"
 
@@ -247,6 +248,7 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
   Tensor& grad_input = std::get<0>(grads);
   Tensor& grad_weight = std::get<1>(grads);
   Tensor& grad_bias = std::get<2>(grads);
+  cpu::advise_huge_pages(grad_input);
   const auto stats_t = bp.mean.scalar_type();
   const Tensor w = p.weight.defined() ? p.weight.to(stats_t) : Tensor();
   // Per-(n, c) sums, then grad_weight / grad_bias reduced over n in order (double).

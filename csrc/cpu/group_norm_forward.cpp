@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include "../group_norm.h"
+#include "huge_pages.h"
 #include "loops.h"
 #include "schedule.h"
 
@@ -56,32 +57,31 @@ struct Forward {
   }
 
   // Moments of chunk k of every group of sample n, NSC: rows of C channels reduced with
-  // per-channel accumulators (vectorized along C). Writes out[g * stride] for each g.
+  // per-channel accumulators (vectorized along C), in one pass: sums of d = x - shift with
+  // each group's shift its first element in the chunk's first row (the shifted-data
+  // algorithm in double, see moments_from_deviations). Writes out[g * stride] for each g.
   void chunk_moments_nsc(int64_t n, int64_t k, std::vector<reduce_t>& channel_acc,
-                         std::vector<reduce_t>& channel_mean, Stats* out, int64_t stride) const {
+                         std::vector<reduce_t>& channel_shift, Stats* out, int64_t stride) const {
     const int64_t C = sh.C, G = sh.groups;
     const int64_t s0 = plan.begin(k), s1 = plan.end(k, sh.S);
     const reduce_t count = static_cast<reduce_t>(D() * (s1 - s0));
     const T* rows = x + sh.offset(n, 0, s0);
-    // channel_acc holds 2 * C sums: first the values, then deviations and their squares.
+    for (int64_t g = 0; g < G; ++g) {
+      const reduce_t shift = static_cast<reduce_t>(static_cast<acc_t>(rows[g * D()]));
+      std::fill(channel_shift.begin() + g * D(), channel_shift.begin() + (g + 1) * D(), shift);
+    }
+    // channel_acc holds 2 * C sums: deviations, then their squares.
     reduce_t* acc_d = channel_acc.data();
     reduce_t* acc_d2 = channel_acc.data() + C;
     std::fill(channel_acc.begin(), channel_acc.end(), reduce_t(0));
-    cpu::loop_accumulate_rows(rows, s1 - s0, C, acc_d);
-    for (int64_t g = 0; g < G; ++g) {
-      reduce_t sum = 0;
-      for (int64_t c = g * D(); c < (g + 1) * D(); ++c) sum += acc_d[c];
-      std::fill(channel_mean.begin() + g * D(), channel_mean.begin() + (g + 1) * D(), sum / count);
-    }
-    std::fill(acc_d, acc_d + C, reduce_t(0));
-    cpu::loop_accumulate_dev_rows(rows, s1 - s0, C, channel_mean.data(), acc_d, acc_d2);
+    cpu::loop_accumulate_dev_rows(rows, s1 - s0, C, channel_shift.data(), acc_d, acc_d2);
     for (int64_t g = 0; g < G; ++g) {
       reduce_t sum_d = 0, sum_d2 = 0;
       for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
         sum_d += acc_d[c];
         sum_d2 += acc_d2[c];
       }
-      out[g * stride] = moments_from_deviations(count, channel_mean[g * D()], sum_d, sum_d2);
+      out[g * stride] = moments_from_deviations(count, channel_shift[g * D()], sum_d, sum_d2);
     }
   }
 
@@ -199,6 +199,7 @@ ForwardResult group_norm_forward_cpu(const Tensor& input, int64_t num_groups,
   Tensor out, mean, rstd;
   std::tie(out, mean, rstd) = allocate_forward_outputs(p, input);
   if (p.shape.N * num_groups == 0) return {out, mean, rstd};
+  cpu::advise_huge_pages(out);
   const auto stats_t = mean.scalar_type();
   const Tensor w = p.weight.defined() ? p.weight.to(stats_t) : Tensor();
   const Tensor b = p.bias.defined() ? p.bias.to(stats_t) : Tensor();

@@ -244,13 +244,6 @@ GN_INLINE void normalize_rows_impl(const T* x, T* y, int64_t rows, int64_t C, co
 }
 
 template <typename T>
-GN_INLINE void accumulate_rows_impl(const T* x, int64_t rows, int64_t C, reduce_t* acc) {
-  for (int64_t r = 0; r < rows; ++r, x += C) {
-    for (int64_t i = 0; i < C; ++i) acc[i] += load<reduce_t>(x + i);
-  }
-}
-
-template <typename T>
 GN_INLINE void accumulate_dev_rows_impl(const T* x, int64_t rows, int64_t C, const reduce_t* mean,
                                         reduce_t* acc_d, reduce_t* acc_d2) {
   for (int64_t r = 0; r < rows; ++r, x += C) {
@@ -336,9 +329,6 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
                                      const opmath_t<T>* mean, const opmath_t<T>* scale,        \
                                      const opmath_t<T>* bias) {                                \
     normalize_rows_impl(x, y, rows, C, mean, scale, bias);                                     \
-  }                                                                                            \
-  GN_CLONES void loop_accumulate_rows(const T* x, int64_t rows, int64_t C, reduce_t* acc) {    \
-    accumulate_rows_impl(x, rows, C, acc);                                                     \
   }                                                                                            \
   GN_CLONES void loop_accumulate_dev_rows(const T* x, int64_t rows, int64_t C,                 \
                                           const reduce_t* mean, reduce_t* acc_d,               \

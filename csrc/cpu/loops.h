@@ -40,9 +40,8 @@ using reduce_t = double;
      + bias[c] */                                                                            \
   void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const opmath_t<T>* mean, \
                            const opmath_t<T>* scale, const opmath_t<T>* bias);               \
-  /* per-channel sums over rows: acc[c] += x[r, c] */                                        \
-  void loop_accumulate_rows(const T* x, int64_t rows, int64_t C, reduce_t* acc);             \
-  /* with d = x[r, c] - mean[c]: acc_d[c] += d, acc_d2[c] += d^2 */                          \
+  /* with d = x[r, c] - mean[c] (a first-pass mean or a shift): acc_d[c] += d,              \
+     acc_d2[c] += d^2 */                                                                     \
   void loop_accumulate_dev_rows(const T* x, int64_t rows, int64_t C, const reduce_t* mean,   \
                                 reduce_t* acc_d, reduce_t* acc_d2);                          \
   /* sums of dy and of dy * (x - mean) over a run */                                         \
