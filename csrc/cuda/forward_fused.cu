@@ -100,14 +100,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3) fused_forward_kernel(
   reduce_t sum_d = 0, sum_d2 = 0;
 #pragma unroll
   for (int j = 0; j < kVecs; ++j) {
-    if (j * kFusedThreads + static_cast<int>(threadIdx.x) < count_vecs) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        const reduce_t d = static_cast<reduce_t>(static_cast<acc_t>(v[j].v[e])) - shift;
-        sum_d += d;
-        sum_d2 += d * d;
-      }
-    }
+    if (j * kFusedThreads + static_cast<int>(threadIdx.x) < count_vecs) add_shifted(v[j], shift, sum_d, sum_d2);
   }
   block_sum2(sum_d, sum_d2, shared);
   if (threadIdx.x == 0) {

@@ -45,15 +45,7 @@ __global__ void __launch_bounds__(kStatsThreads) ncs_chunk_moments_kernel(
     }
 #pragma unroll
     for (int b = 0; b < kNcsBatch; ++b) {
-      if (e + b * kStep < count) {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-          // in double: no overflow of x - shift or its square for any finite float input
-          const reduce_t d = static_cast<reduce_t>(static_cast<acc_t>(v[b].v[i])) - shift;
-          s1 += d;
-          s2 += d * d;
-        }
-      }
+      if (e + b * kStep < count) add_shifted(v[b], shift, s1, s2);
     }
   }
   block_sum2(s1, s2, shared);

@@ -75,6 +75,19 @@ constexpr int nsc_batch_rows() {
   return VEC >= 8 ? 4 : 8;
 }
 
+// Adds d = x - shift and d^2 for each of v's values, in order, to s1 and s2: the one-pass
+// (shifted-data) chunk moments. In double: no overflow of x - shift or its square for any
+// finite float input.
+template <typename T, int VEC>
+__device__ __forceinline__ void add_shifted(const Vec<T, VEC>& v, reduce_t shift, reduce_t& s1, reduce_t& s2) {
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) {
+    const reduce_t d = static_cast<reduce_t>(static_cast<acc_type<T>>(v.v[i])) - shift;
+    s1 += d;
+    s2 += d * d;
+  }
+}
+
 inline bool aligned_to(const void* p, int bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
