@@ -163,15 +163,21 @@ GN_HOST_DEVICE ChunkPlan make_chunk_plan(int64_t length, int64_t elems_per_unit,
 // kParallelChunkMaxElems elements (which bounds the error of shifted sums, see
 // moments_from_deviations), is at least `min_len` units and a multiple of `align` units (so
 // every chunk of an aligned slab starts on a 16-byte vector), and depends only on the shape,
-// so the results' bits do too.
+// so the results' bits do too. `target_chunks` is the batch's chunk count to aim for:
+// kParallelChunks for thousands of GPU workers, kCpuRowChunks for the CPU's channels-last
+// statistics (a few cores; there a chunk's fixed cost, a pass over C per-channel sums, wants
+// long chunks).
 constexpr int64_t kParallelChunks = 4096;
+constexpr int64_t kCpuRowChunks = 32;
 constexpr int64_t kParallelChunkMaxElems = 65536;
 
 GN_HOST_DEVICE ChunkPlan make_parallel_chunk_plan(int64_t length, int64_t elems_per_unit, int64_t slabs,
-                                                  int64_t min_len = 1, int64_t align = 1) {
+                                                  int64_t min_len = 1, int64_t align = 1,
+                                                  int64_t target_chunks = kParallelChunks) {
   const int64_t per = elems_per_unit > 0 ? elems_per_unit : 1;
   const int64_t total = length * (slabs > 0 ? slabs : 1);
-  int64_t len = (total + kParallelChunks - 1) / kParallelChunks;
+  const int64_t target = target_chunks > 0 ? target_chunks : 1;
+  int64_t len = (total + target - 1) / target;
   const int64_t shortest = kChunkTargetElems / per > 0 ? kChunkTargetElems / per : 1;
   const int64_t longest = kParallelChunkMaxElems / per > shortest ? kParallelChunkMaxElems / per : shortest;
   if (len < shortest) len = shortest;

@@ -30,9 +30,6 @@ using cpu::opmath_t;
 using cpu::reduce_t;
 
 constexpr int64_t kApplyGrainElems = 32768;
-// Channels-last partials hold a row of C sums per chunk: cap the chunk count per sample
-// so that their memory stays far below the tensor's.
-constexpr int64_t kMaxRowChunks = 64;
 
 template <typename T>
 struct Backward {
@@ -49,7 +46,8 @@ struct Backward {
 
   int64_t D() const { return sh.channels_per_group(); }
   ChunkPlan plan() const {
-    return sh.order == MemoryOrder::NCS ? make_chunk_plan(sh.S, 1) : make_chunk_plan(sh.S, sh.C, kMaxRowChunks);
+    return sh.order == MemoryOrder::NCS ? make_chunk_plan(sh.S, 1)
+                                        : make_parallel_chunk_plan(sh.S, sh.C, sh.N, 1, 1, kCpuRowChunks);
   }
 
   // NCS: sums of channel c of sample n over spatial chunk k.

@@ -32,6 +32,15 @@ using Stats = Moments<reduce_t>;
 // scheduling costs nothing.
 constexpr int64_t kApplyGrainElems = 32768;
 
+// NCS: the default plan (chunks of ~8K elements, each reduced by the two-pass loop_moments
+// while it sits in L1/L2). NSC: a chunk is a block of rows whose per-channel sums cost a
+// pass over C doubles to set up and fold into groups, so rows are taken by the hundred (up
+// to 64K elements, the bound of the one-pass shifted sums), about kCpuRowChunks per batch.
+ChunkPlan forward_plan(const GroupNormShape& sh) {
+  if (sh.order == MemoryOrder::NCS) return make_chunk_plan(sh);
+  return make_parallel_chunk_plan(sh.S, sh.C, sh.N, 1, 1, kCpuRowChunks);
+}
+
 template <typename T>
 struct Forward {
   using acc_t = opmath_t<T>;
@@ -169,7 +178,8 @@ struct Forward {
           for (int64_t k = 0; k < K; ++k) partials[k] = chunk_moments_ncs(ng / G, ng % G, k);
           finalize(ng, partials.data());
           const int64_t first = sh.offset(ng / G, (ng % G) * D(), 0);  // the slab is contiguous
-          apply_ncs(first, first + D() * sh.S);
+          cpu::for_blocks_reversed(first, first + D() * sh.S, kApplyGrainElems,
+                                   [&](int64_t b, int64_t e) { apply_ncs(b, e); });
         }
       });
       return;
@@ -182,8 +192,12 @@ struct Forward {
         for (int64_t k = 0; k < K; ++k) chunk_moments_nsc(n, k, acc, mean_c, partials.data() + k, K);
         for (int64_t g = 0; g < G; ++g) finalize(n * G + g, partials.data() + g * K);
         channel_coefficients(n, &coeffs[0], &coeffs[C], &coeffs[2 * C]);
-        const int64_t o = sh.offset(n, 0, 0);
-        cpu::loop_normalize_rows(x + o, y + o, sh.S, C, &coeffs[0], &coeffs[C], &coeffs[2 * C]);
+        // Last rows first: the statistics pass just read them, they are still in L2.
+        const int64_t block_rows = std::max<int64_t>(1, kApplyGrainElems / C);
+        cpu::for_blocks_reversed(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
+          const int64_t o = sh.offset(n, 0, s0);
+          cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[0], &coeffs[C], &coeffs[2 * C]);
+        });
       }
     });
   }
@@ -206,7 +220,7 @@ ForwardResult group_norm_forward_cpu(const Tensor& input, int64_t num_groups,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_forward_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
     const Forward<scalar_t> fwd{p.shape,
-                                make_chunk_plan(p.shape),
+                                forward_plan(p.shape),
                                 p.input.const_data_ptr<scalar_t>(),
                                 out.mutable_data_ptr<scalar_t>(),
                                 w.defined() ? w.const_data_ptr<acc_t>() : nullptr,
