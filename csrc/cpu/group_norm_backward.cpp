@@ -248,9 +248,10 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
   Tensor& grad_bias = std::get<2>(grads);
   cpu::advise_huge_pages(grad_input);
   const auto stats_t = bp.mean.scalar_type();
-  const Tensor w = p.weight.defined() ? p.weight.to(stats_t) : Tensor();
-  // Per-(n, c) sums, then grad_weight / grad_bias reduced over n in order (double).
-  Tensor sums = at::empty({2, sh.N, sh.C}, input.options().dtype(at::kDouble));
+  const Tensor w = !p.weight.defined() || p.weight.scalar_type() == stats_t ? p.weight : p.weight.to(stats_t);
+  // Per-(n, c) sums, then grad_weight / grad_bias reduced over n in order (double). A plain
+  // vector: an ATen tensor and its row views cost more than the whole op on small inputs.
+  std::vector<reduce_t> sums(2 * sh.N * sh.C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_backward_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
     const Backward<scalar_t> bwd{sh,
@@ -260,8 +261,8 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
                                  bp.rstd.const_data_ptr<acc_t>(),
                                  w.defined() ? w.const_data_ptr<acc_t>() : nullptr,
                                  grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr,
-                                 sums[0].mutable_data_ptr<reduce_t>(),
-                                 sums[1].mutable_data_ptr<reduce_t>()};
+                                 sums.data(),
+                                 sums.data() + sh.N * sh.C};
     bwd.run();
   });
   if (grad_weight.defined() || grad_bias.defined()) {
@@ -269,8 +270,8 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
     // outputs in the parameters' dtype: no temporaries, no extra ATen calls (they dominate
     // small problems).
     const int64_t N = sh.N, C = sh.C, D = sh.channels_per_group();
-    const reduce_t* s_dy = sums[0].const_data_ptr<reduce_t>();
-    const reduce_t* s_dy_xc = sums[1].const_data_ptr<reduce_t>();
+    const reduce_t* s_dy = sums.data();
+    const reduce_t* s_dy_xc = sums.data() + N * C;
     std::vector<reduce_t> gw(C, reduce_t(0)), gb(C, reduce_t(0));
     AT_DISPATCH_FLOATING_TYPES(bp.rstd.scalar_type(), "group_norm_backward_cpu_params", [&] {
       const scalar_t* r = bp.rstd.const_data_ptr<scalar_t>();

@@ -215,8 +215,10 @@ ForwardResult group_norm_forward_cpu(const Tensor& input, int64_t num_groups,
   if (p.shape.N * num_groups == 0) return {out, mean, rstd};
   cpu::advise_huge_pages(out);
   const auto stats_t = mean.scalar_type();
-  const Tensor w = p.weight.defined() ? p.weight.to(stats_t) : Tensor();
-  const Tensor b = p.bias.defined() ? p.bias.to(stats_t) : Tensor();
+  const auto as_stats_t = [&](const Tensor& t) {
+    return !t.defined() || t.scalar_type() == stats_t ? t : t.to(stats_t);
+  };
+  const Tensor w = as_stats_t(p.weight), b = as_stats_t(p.bias);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_forward_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
     const Forward<scalar_t> fwd{p.shape,
