@@ -173,6 +173,26 @@ def test_huge_magnitudes_backward(dtype, magnitude):
     torch.testing.assert_close(gb.double(), rb, **t)
 
 
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_huge_products_backward_bfloat16(layout):
+    """bfloat16 shares float's exponent range, so dy * (x - mean) can pass float's 3.4e38 while every input,
+    output and gradient stays representable: the gradient sums (float lanes inside a chunk for 16-bit data)
+    must not overflow to inf (they fall back to double)."""
+    shape, G = (2, 4, 96, 96), 2
+    s, t = 2.0 ** 100, 2.0 ** 33       # |x| ~ 1e30, |dy| ~ 1e10: products ~ 1e40
+    x = (make_input(shape, torch.float32, layout, seed=18) * s).to(torch.bfloat16)
+    w, b = make_affine(4, torch.bfloat16, seed=19)
+    gy0 = make_grad_out(shape, torch.bfloat16, seed=20)
+    gy = (gy0.float() * t).to(torch.bfloat16)   # a power of two: exact
+    _, gx, gw, gb = grads_of(groupnorm_ext.group_norm, x, G, w, b, gy)
+    assert torch.isfinite(gx).all() and torch.isfinite(gw).all() and torch.isfinite(gb).all()
+    rx, rw, rb = ref_grads(x.double() / s, G, w, b, gy0, eps=1e-5 / s / s)
+    tols = GRAD_TOLERANCES[torch.bfloat16]
+    torch.testing.assert_close(gx.double() * s / t, rx, **tols)
+    torch.testing.assert_close(gw.double() / t, rw, **tols)
+    torch.testing.assert_close(gb.double() / t, rb, **tols)
+
 # ------------------------------------------------------------------------------------- mean >> std
 # (dtype, offset, noise): |mean| / std large enough that sum / sum-of-squares would lose every digit of the
 # variance in the accumulation dtype, small enough that the (rounded) input still carries the noise.

@@ -22,7 +22,9 @@ using opmath_t = typename Opmath<T>::type;
 // Reductions (statistics and gradient sums) accumulate in double whatever the input:
 // the data come from memory far slower than even 8-wide double adds retire, and double
 // keeps (x - mean)^2 from overflowing for |x| ~ 1e30 and the mean exact to float
-// precision on huge groups. Elementwise passes run in opmath_t.
+// precision on huge groups. Elementwise passes run in opmath_t. Two exceptions inside one
+// chunk, both falling back to double where float could lose: the first pass of the
+// moments (loops.cpp, moments_impl) and the gradient sums of bfloat16 / half data.
 using reduce_t = double;
 
 #define GN_DECLARE_LOOPS(T)                                                                  \
