@@ -198,8 +198,11 @@ struct Backward {
           sum_dy_xc[n * C + c] = b;
         }
         group_coefficients(n, g, coeffs.data(), D(), 0);
+        // Last elements first: the sums pass just read them, they are still in L2.
         const int64_t first = sh.offset(n, g * D(), 0);
-        grad_input_ncs(first, first + D() * sh.S, coeffs.data(), D(), n * C + g * D());
+        cpu::for_blocks_reversed(first, first + D() * sh.S, kApplyGrainElems, [&](int64_t b, int64_t e) {
+          grad_input_ncs(b, e, coeffs.data(), D(), n * C + g * D());
+        });
       }
     });
   }
@@ -222,7 +225,10 @@ struct Backward {
           }
         }
         for (int64_t g = 0; g < G; ++g) group_coefficients(n, g, coeffs.data(), C, g * D());
-        grad_input_nsc(n, 0, sh.S, coeffs.data(), C, 0);
+        const int64_t block_rows = std::max<int64_t>(1, kApplyGrainElems / C);
+        cpu::for_blocks_reversed(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
+          grad_input_nsc(n, s0, s1, coeffs.data(), C, 0);
+        });
       }
     });
   }
