@@ -5,6 +5,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "cpu/loops.h"
+#include "cpu/output_pool.h"
 #include "group_norm.h"
 
 namespace groupnorm_ext {
@@ -27,5 +28,10 @@ bool built_with_cuda() {
 }
 
 const char* cpu_capability() { return cpu::loops_isa(); }
+
+int64_t empty_cache() { return cpu::release_cached_outputs(); }
+
+// Not in the public header: for the tests (bound in the Python module).
+GROUPNORM_EXT_API int64_t cached_output_bytes() { return cpu::cached_output_bytes(); }
 
 }  // namespace groupnorm_ext

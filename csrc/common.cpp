@@ -2,6 +2,8 @@
 // once, with messages that name the tensor, what was expected and what came.
 #include "group_norm.h"
 
+#include "cpu/output_pool.h"
+
 #include <string>
 
 #include <ATen/ATen.h>
@@ -146,14 +148,18 @@ BackwardProblem check_backward(const char* op, const Tensor& grad_out, const Ten
 
 Tensor empty_in_order(const Tensor& like, MemoryOrder order, at::ScalarType dtype) {
   const auto opts = like.options().dtype(dtype).memory_format(c10::nullopt);
-  if (order == MemoryOrder::NCS) return at::empty(like.sizes(), opts);
+  // Large CPU outputs come from the output pool (cpu/output_pool.h); the rest from at::empty.
+  const auto empty = [&](at::IntArrayRef sizes) {
+    return like.is_cpu() ? cpu::empty_output(sizes, dtype) : at::empty(sizes, opts);
+  };
+  if (order == MemoryOrder::NCS) return empty(like.sizes());
   const auto perm = channels_last_permutation(like.dim());
   std::vector<int64_t> permuted_sizes, inverse(perm.size());
   for (size_t i = 0; i < perm.size(); ++i) {
     permuted_sizes.push_back(like.size(perm[i]));
     inverse[perm[i]] = static_cast<int64_t>(i);
   }
-  return at::empty(permuted_sizes, opts).permute(inverse);
+  return empty(permuted_sizes).permute(inverse);
 }
 
 ForwardResult allocate_forward_outputs(const ForwardProblem& p, const Tensor& input) {

@@ -16,8 +16,8 @@ from .convert import convert_group_norm
 from .functional import group_norm
 from .modules import GroupNorm
 
-__all__ = ["group_norm", "GroupNorm", "convert_group_norm", "cpu_capability", "built_with_cuda", "get_library_path",
-           "get_include", "cmake_prefix_path"]
+__all__ = ["group_norm", "GroupNorm", "convert_group_norm", "cpu_capability", "built_with_cuda", "empty_cache",
+           "get_library_path", "get_include", "cmake_prefix_path"]
 __version__ = "0.1.0"
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -30,6 +30,13 @@ cmake_prefix_path = os.path.join(_ROOT, "share", "cmake")
 def cpu_capability() -> str:
     """Which vectorized clone of the CPU loops this CPU runs (avx512, avx2 or baseline)."""
     return _C.cpu_capability()
+
+
+def empty_cache() -> int:
+    """Unmaps the large CPU output buffers (32 MiB and up) kept for reuse by later calls of the same size,
+    as torch.cuda.empty_cache does for the GPU; returns the bytes released. The cache holds at most 1 GiB of
+    free buffers; GROUPNORM_EXT_OUTPUT_POOL=0 (set before the first call) turns it off."""
+    return _C.empty_cache()
 
 
 def built_with_cuda() -> bool:

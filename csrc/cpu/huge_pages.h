@@ -1,4 +1,6 @@
-// Transparent huge pages for the large tensors the CPU executors write into fresh.
+// Transparent huge pages for the large tensors the CPU executors write into fresh. With the
+// output pool on (output_pool.h, the default) large outputs are already huge-page mappings
+// and this call changes nothing; it matters with GROUPNORM_EXT_OUTPUT_POOL=0.
 #pragma once
 
 #include <cstddef>

@@ -8,6 +8,7 @@
 
 namespace groupnorm_ext {
 void bind_plan(pybind11::module& m);  // plan_bindings.cpp
+int64_t cached_output_bytes();        // api.cpp (exported for this module, not in the public header)
 }  // namespace groupnorm_ext
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -16,5 +17,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Which vectorized clone of the CPU loops runs on this CPU.");
   m.def("built_with_cuda", &groupnorm_ext::built_with_cuda,
         "Whether the op library carries the CUDA kernels.");
+  m.def("empty_cache", &groupnorm_ext::empty_cache,
+        "Unmaps the large CPU output buffers kept for reuse; returns the bytes released.");
+  m.def("_cached_output_bytes", &groupnorm_ext::cached_output_bytes,
+        "Bytes of free CPU output buffers the pool holds (tests).");
   groupnorm_ext::bind_plan(m);
 }

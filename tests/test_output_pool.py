@@ -1,0 +1,131 @@
+"""The CPU output pool (csrc/cpu/output_pool.h): outputs of 32 MiB and up come from cached huge-page
+mappings that a later call of the same size reuses. A reused buffer still holds the previous tensor's
+values, so these tests poison outputs before freeing them and check that every element is rewritten;
+they also check the bounds (no buffer over 256 MiB is kept), empty_cache() and the off switch."""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import groupnorm_ext
+from groupnorm_ext import _C
+
+MiB = 2 ** 20
+# 2 * 32 * 64^3 float32 = 64 MiB: above the pool's 32 MiB threshold
+LARGE = (2, 32, 64, 64, 64)
+
+
+@pytest.fixture(autouse=True)
+def empty_pool():
+    groupnorm_ext.empty_cache()
+    yield
+    groupnorm_ext.empty_cache()
+
+
+def large_input(layout, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(LARGE, generator=g).to(dtype) * 3 + 1
+    return x.contiguous(memory_format=torch.channels_last_3d) if layout == "channels_last_3d" else x
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reused_forward_buffer_is_fully_rewritten(layout, dtype):
+    x = large_input(layout, dtype)
+    w, b = torch.randn(32).to(dtype), torch.randn(32).to(dtype)
+    first = groupnorm_ext.group_norm(x, 8, w, b)
+    expected = first.clone()
+    ptr = first.data_ptr()
+    first.fill_(float("nan"))          # poison, then hand the buffer back
+    del first
+    assert _C._cached_output_bytes() >= x.numel() * x.element_size()
+    again = groupnorm_ext.group_norm(x, 8, w, b)
+    assert again.data_ptr() == ptr, "same-size output did not reuse the cached buffer"
+    assert again.is_contiguous(memory_format=torch.channels_last_3d if layout != "contiguous"
+                               else torch.contiguous_format)
+    assert torch.equal(again, expected)
+    torch.testing.assert_close(again.float(), F.group_norm(x.float(), 8, w.float(), b.float()),
+                               atol=5e-2 if dtype == torch.bfloat16 else 1e-4, rtol=1e-2)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d"])
+def test_reused_backward_buffer_is_fully_rewritten(layout):
+    x = large_input(layout).requires_grad_(True)
+    w, b = torch.randn(32, requires_grad=True), torch.randn(32, requires_grad=True)
+    gy = torch.randn_like(x)
+    gx1, gw1, gb1 = torch.autograd.grad(groupnorm_ext.group_norm(x, 8, w, b), (x, w, b), gy)
+    expected = gx1.clone()
+    gx1.fill_(float("nan"))
+    del gx1
+    gx2, gw2, gb2 = torch.autograd.grad(groupnorm_ext.group_norm(x, 8, w, b), (x, w, b), gy)
+    assert torch.equal(gx2, expected) and torch.equal(gw2, gw1) and torch.equal(gb2, gb1)
+
+
+def test_empty_cache_releases_everything():
+    x = large_input("contiguous")
+    y = groupnorm_ext.group_norm(x, 8)
+    nbytes = y.numel() * y.element_size()
+    del y
+    assert _C._cached_output_bytes() == nbytes     # 64 MiB: a multiple of the 2 MiB mapping unit
+    assert groupnorm_ext.empty_cache() == nbytes
+    assert _C._cached_output_bytes() == 0
+    assert groupnorm_ext.empty_cache() == 0
+
+
+def test_small_outputs_bypass_the_pool():
+    y = groupnorm_ext.group_norm(torch.randn(2, 32, 64, 64), 8)   # 1 MiB
+    del y
+    assert _C._cached_output_bytes() == 0
+
+
+def test_buffers_over_256_mib_are_not_kept():
+    x = torch.randn(1, 4, 8192, 4224).to(torch.bfloat16)      # 264 MiB
+    y = groupnorm_ext.group_norm(x, 2)
+    torch.testing.assert_close(y[0, :, :2].float(), F.group_norm(x.float(), 2)[0, :, :2], atol=5e-2, rtol=1e-2)
+    del y
+    assert _C._cached_output_bytes() == 0
+
+
+def test_outputs_from_many_threads():
+    """Threads take and return buffers of one size concurrently: every result right, no buffer shared."""
+    x = large_input("contiguous")
+    w, b = torch.randn(32), torch.randn(32)
+    expected = groupnorm_ext.group_norm(x, 8, w, b)
+    errors = []
+
+    def worker():
+        for _ in range(3):
+            y = groupnorm_ext.group_norm(x, 8, w, b)
+            if not torch.equal(y, expected):
+                errors.append("mismatch")
+            y.fill_(float("nan"))
+            del y
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert _C._cached_output_bytes() <= 4 * expected.numel() * expected.element_size()
+
+
+def test_pool_off_switch():
+    code = textwrap.dedent("""
+        import torch, groupnorm_ext
+        from groupnorm_ext import _C
+        x = torch.randn(2, 32, 64, 64, 64)
+        y = groupnorm_ext.group_norm(x, 8)
+        ok = torch.allclose(y, torch.nn.functional.group_norm(x, 8), atol=1e-4)
+        del y
+        print(ok, _C._cached_output_bytes())
+    """)
+    env = {**os.environ, "GROUPNORM_EXT_OUTPUT_POOL": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "0"]
