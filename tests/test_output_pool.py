@@ -1,4 +1,4 @@
-"""The CPU output pool (csrc/cpu/output_pool.h): outputs of 32 MiB and up come from cached huge-page
+"""The CPU output pool (csrc/cpu/output_pool.h): outputs of 2 MiB and up come from cached huge-page
 mappings that a later call of the same size reuses. A reused buffer still holds the previous tensor's
 values, so these tests poison outputs before freeing them and check that every element is rewritten;
 they also check the bounds (no buffer over 256 MiB is kept), empty_cache() and the off switch."""
@@ -16,7 +16,7 @@ import groupnorm_ext
 from groupnorm_ext import _C
 
 MiB = 2 ** 20
-# 2 * 32 * 64^3 float32 = 64 MiB: above the pool's 32 MiB threshold
+# 2 * 32 * 64^3 float32 = 64 MiB: well above the pool's 2 MiB threshold
 LARGE = (2, 32, 64, 64, 64)
 
 
@@ -129,3 +129,19 @@ def test_pool_off_switch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "0"]
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_medium_outputs_are_pooled_and_rewritten(memory_format):
+    """2 MiB (the threshold) to a few MiB: diffusion-UNet activations."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 128, 64, 64, generator=g).contiguous(memory_format=memory_format)   # 2 MiB
+    w, b = torch.randn(128, generator=g), torch.randn(128, generator=g)
+    first = groupnorm_ext.group_norm(x, 32, w, b)
+    expected, ptr = first.clone(), first.data_ptr()
+    first.fill_(float("nan"))
+    del first
+    assert _C._cached_output_bytes() == 2 * MiB
+    again = groupnorm_ext.group_norm(x, 32, w, b)
+    assert again.data_ptr() == ptr and again.is_contiguous(memory_format=memory_format)
+    assert torch.equal(again, expected)

@@ -5,15 +5,19 @@
 // free, so each call's output arrives as untouched pages that the kernel must fault in and
 // zero before the first write. For the volumes of the benchmark (67-134 MB outputs) that
 // zeroing took as long as the whole normalization (perf, 2-core Xeon VM: clear_page 22% of
-// a forward + backward loop, our loops 27%), for torch and us alike. A training loop calls
-// the same layers with the same shapes every step, so a freed output can serve the next
-// call of the same size, as the CUDA caching allocator does on the GPU.
+// a forward + backward loop, our loops 27%), for torch and us alike. Smaller buffers come
+// from glibc's heap, which usually reuses them, but when a call pattern leaves them at the
+// top of the heap glibc trims it on free and the next call faults the same megabytes in
+// again (measured on 2 MiB tensors: a forward + backward loop took ~500 page faults a call
+// for one implementation and none for the other, and calling the ops directly swapped the
+// two). A training loop calls the same layers with the same shapes every step, so a freed
+// output can serve the next call of the same size, as the CUDA caching allocator does.
 //
-// Bounds: a buffer is kept only when it is at most kMaxCachedBuffer bytes and the cache stays
-// within kMaxCachedBytes (oldest unmapped first); nothing below 32 MiB goes through it (glibc's
-// heap already reuses those). GROUPNORM_EXT_OUTPUT_POOL=0 turns the cache off (outputs then come
-// from at::empty, with huge pages advised as before); groupnorm_ext.empty_cache() unmaps every
-// cached buffer.
+// Bounds: outputs of kPooledOutputMinBytes (2 MiB) and up use it, in whole 2 MiB pages; a
+// freed buffer is kept only when it is at most kMaxCachedBuffer (256 MiB) and the cache stays
+// within kMaxCachedBytes (1 GiB; oldest unmapped first). GROUPNORM_EXT_OUTPUT_POOL=0 turns it
+// off (outputs then come from at::empty, huge pages advised from 32 MiB as before);
+// groupnorm_ext.empty_cache() unmaps every cached buffer.
 #pragma once
 
 #include <cstdint>
@@ -23,8 +27,8 @@
 namespace groupnorm_ext {
 namespace cpu {
 
-// Outputs at least this large come from the pool (and get huge pages, see huge_pages.h).
-constexpr int64_t kPooledOutputMinBytes = int64_t(32) << 20;
+// Outputs at least this large come from the pool, as 2 MiB huge pages.
+constexpr int64_t kPooledOutputMinBytes = int64_t(2) << 20;
 
 // An uninitialized contiguous CPU tensor of `sizes` and `dtype`: from the pool when its bytes
 // reach kPooledOutputMinBytes and the pool is on, else at::empty.
