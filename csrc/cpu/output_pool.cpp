@@ -1,5 +1,5 @@
-// The large-output pool (output_pool.h): a c10::Allocator whose buffers are 2 MiB-aligned
-// anonymous mappings with transparent huge pages, kept on free (within bounds) for the next
+// The output pool (output_pool.h): a c10::Allocator whose buffers are 2 MiB-aligned anonymous
+// mappings (transparent huge pages from 32 MiB), kept on free (within bounds) for the next
 // request of the same size.
 #include "output_pool.h"
 
@@ -28,6 +28,7 @@ namespace {
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kMaxCachedBuffer = size_t(256) << 20;
 constexpr size_t kMaxCachedBytes = size_t(1) << 30;
+constexpr size_t kHugePageAdviceMinBytes = size_t(32) << 20;
 
 bool pool_enabled() {
   static const bool enabled = [] {
@@ -104,7 +105,10 @@ class OutputPool final : public c10::Allocator {
     if (aligned > start) munmap(raw, aligned - start);
     const size_t tail = span - (aligned - start) - bytes;
     if (tail > 0) munmap(reinterpret_cast<void*>(aligned + bytes), tail);
-    (void)madvise(reinterpret_cast<void*>(aligned), bytes, MADV_HUGEPAGE);
+    // Huge pages only from 32 MiB: a huge-page fault may compact memory first, which in a VM
+    // stalled the first calls of a process for ~150 ms; below that the 4 KiB faults of a
+    // buffer's first use cost less, and reuse skips them anyway.
+    if (bytes >= kHugePageAdviceMinBytes) (void)madvise(reinterpret_cast<void*>(aligned), bytes, MADV_HUGEPAGE);
     return reinterpret_cast<void*>(aligned);
   }
 

@@ -1,5 +1,5 @@
-// Large CPU outputs (the forward's y, the backward's grad_input) from a small cache of
-// huge-page mappings, so that a repeated call does not pay the kernel for fresh pages.
+// CPU outputs of 2 MiB and up (the forward's y, the backward's grad_input) from a small cache
+// of anonymous mappings, so that a repeated call does not pay the kernel for fresh pages.
 //
 // Why: glibc serves every allocation of 32 MiB and more with a fresh mmap and unmaps it on
 // free, so each call's output arrives as untouched pages that the kernel must fault in and
@@ -13,7 +13,7 @@
 // two). A training loop calls the same layers with the same shapes every step, so a freed
 // output can serve the next call of the same size, as the CUDA caching allocator does.
 //
-// Bounds: outputs of kPooledOutputMinBytes (2 MiB) and up use it, in whole 2 MiB pages; a
+// Bounds: outputs of kPooledOutputMinBytes (2 MiB) and up use it, in whole 2 MiB units; a
 // freed buffer is kept only when it is at most kMaxCachedBuffer (256 MiB) and the cache stays
 // within kMaxCachedBytes (1 GiB; oldest unmapped first). GROUPNORM_EXT_OUTPUT_POOL=0 turns it
 // off (outputs then come from at::empty, huge pages advised from 32 MiB as before);
@@ -27,7 +27,7 @@
 namespace groupnorm_ext {
 namespace cpu {
 
-// Outputs at least this large come from the pool, as 2 MiB huge pages.
+// Outputs at least this large come from the pool (in 2 MiB units; huge pages from 32 MiB).
 constexpr int64_t kPooledOutputMinBytes = int64_t(2) << 20;
 
 // An uninitialized contiguous CPU tensor of `sizes` and `dtype`: from the pool when its bytes
