@@ -193,6 +193,28 @@ def test_huge_products_backward_bfloat16(layout):
     torch.testing.assert_close(gw.double() / t, rw, **tols)
     torch.testing.assert_close(gb.double() / t, rb, **tols)
 
+
+def test_tiny_products_backward_bfloat16():
+    """The other end: |x - mean| ~ 1e-23 and |dy| ~ 1e-23 make every dy * (x - mean) ~ 2e-46, below float's
+    denormals, while rstd ~ 1e23 brings the gradients back to ordinary sizes: the gradient sums must
+    not lose those products (the float-lane sums of 16-bit data fall back to double), nor may the forward's
+    float-lane second pass lose the squared deviations."""
+    shape, G = (2, 4, 96, 96), 2
+    s, t = 2.0 ** -76, 2.0 ** -76       # ~1.3e-23 each: products ~2e-46, below even float denormals
+    x = (make_input(shape, torch.float32, "contiguous", seed=21) * s).to(torch.bfloat16)
+    w, b = make_affine(4, torch.bfloat16, seed=22)
+    gy0 = make_grad_out(shape, torch.bfloat16, seed=23)
+    gy = (gy0.float() * t).to(torch.bfloat16)
+    _, gx, gw, gb = grads_of(groupnorm_ext.group_norm, x, G, w, b, gy, eps=0.0)
+    _, _, rstd = ops.group_norm_forward(x, G, w, b, 0.0, "identity")
+    exp_rstd = (x.double() / s).reshape(2, G, -1).var(-1, unbiased=False).rsqrt()
+    torch.testing.assert_close(rstd.double() * s, exp_rstd, atol=0, rtol=1e-5)   # the forward's variance
+    rx, rw, rb = ref_grads(x.double() / s, G, w, b, gy0, eps=0.0)
+    tols = GRAD_TOLERANCES[torch.bfloat16]
+    torch.testing.assert_close(gx.double() * s / t, rx, **tols)
+    torch.testing.assert_close(gw.double() / t, rw, **tols)
+    torch.testing.assert_close(gb.double() / t, rb, **tols)
+
 # ------------------------------------------------------------------------------------- mean >> std
 # (dtype, offset, noise): |mean| / std large enough that sum / sum-of-squares would lose every digit of the
 # variance in the accumulation dtype, small enough that the (rounded) input still carries the noise.

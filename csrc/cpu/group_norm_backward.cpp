@@ -30,6 +30,7 @@ using cpu::opmath_t;
 using cpu::reduce_t;
 
 constexpr int64_t kApplyGrainElems = 32768;
+constexpr int64_t kMaxRowChunks = 64;
 
 template <typename T>
 struct Backward {
@@ -45,9 +46,13 @@ struct Backward {
   reduce_t* sum_dy_xc;  // (N, C)
 
   int64_t D() const { return sh.channels_per_group(); }
+  // NSC: row chunks as the forward's (per sample, independent of N), at most kMaxRowChunks a
+  // sample: each chunk's partial is a row of C sums, and their memory must stay far below
+  // the tensor's.
   ChunkPlan plan() const {
-    return sh.order == MemoryOrder::NCS ? make_chunk_plan(sh.S, 1)
-                                        : make_parallel_chunk_plan(sh.S, sh.C, sh.N, 1, 1, kCpuRowChunks);
+    if (sh.order == MemoryOrder::NCS) return make_chunk_plan(sh.S, 1);
+    const ChunkPlan p = make_parallel_chunk_plan(sh.S, sh.C, 1, 1, 1, kCpuRowChunks);
+    return p.num_chunks <= kMaxRowChunks ? p : make_chunk_plan(sh.S, sh.C, kMaxRowChunks);
   }
 
   // NCS: sums of channel c of sample n over spatial chunk k.

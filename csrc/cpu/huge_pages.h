@@ -28,12 +28,18 @@ namespace cpu {
 // VM, fresh guest memory the host has not backed yet: ~150 ms per 67 MB output for the first
 // ~5 calls, measured on this project's 2-core Firecracker machines, then 12-20 ms against
 // 20-25 ms without). GROUPNORM_EXT_HUGE_PAGES=0 turns it off.
-inline void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
+// GROUPNORM_EXT_HUGE_PAGES=0 turns huge pages off, here and in the output pool.
+inline bool huge_pages_enabled() {
   static const bool enabled = [] {
     const char* env = std::getenv("GROUPNORM_EXT_HUGE_PAGES");
     return env == nullptr || std::string_view(env) != "0";
   }();
+  return enabled;
+}
+
+inline void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const bool enabled = huge_pages_enabled();
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   // Below 32 MiB (glibc's largest mmap threshold) freed buffers go back to malloc's heap and
   // the next call reuses them without faults; at and above it every buffer is a fresh mmap.

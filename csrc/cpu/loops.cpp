@@ -115,6 +115,11 @@ GN_INLINE void sum_dev_impl(const T* x, int64_t n, reduce_t mean, reduce_t* sum_
 // (huge values, Inf or NaN) the second pass runs in double. A constant chunk is exact:
 // mean = the constant, M2 = 0 (so eps = 0 gives rstd = inf, as torch).
 constexpr float kFloatSafeMagnitude = 1e16f;
+// ... and when the chunk's spread is at least kFloatMinSpread, so that its largest squared
+// deviations stay far inside float's normal range (the terms under 1.2e-38 that lose digits
+// then add up to < 1e-9 of M2; for |x - mean| ~ 1e-20 every d^2 would fall
+// below 1.2e-38 and lose its digits); a tinier spread takes the double pass.
+constexpr float kFloatMinSpread = 1e-12f;
 
 typedef float vf16 __attribute__((vector_size(64), aligned(4)));
 
@@ -198,7 +203,7 @@ GN_INLINE void moments_impl(const T* x, int64_t n, reduce_t* mean_out, reduce_t*
     }
     const reduce_t mean0 = static_cast<reduce_t>(sum) / static_cast<reduce_t>(n);
     reduce_t sum_d, sum_d2;
-    if (std::isfinite(sum) && magnitude < kFloatSafeMagnitude) {
+    if (std::isfinite(sum) && magnitude < kFloatSafeMagnitude && vmax - vmin >= kFloatMinSpread) {
       const float mean0f = static_cast<float>(mean0);
       vf16 d0 = {}, d1 = {}, q0 = {}, q1 = {};
       i = 0;
@@ -292,6 +297,8 @@ GN_INLINE void load16d(const T* p, vd8* lo, vd8* hi) {
 // double and no widening to 8-lane halves; the chunk's totals then join the double sums.
 // A chunk whose float sums overflow (or meet Inf / NaN) is summed again in double. float
 // and double data sum in double as everything else.
+constexpr float kFloatSumFloor = 1e-30f;
+
 template <typename T>
 GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, reduce_t mean, reduce_t* sum_dy,
                               reduce_t* sum_dy_xc) {
@@ -314,12 +321,14 @@ GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, reduce_t mean,
     }
     const float s_dy = reduce16f(g0) + reduce16f(g1) + tail_dy;
     const float s_dy_xc = reduce16f(p0) + reduce16f(p1) + tail_dy_xc;
-    if (std::isfinite(s_dy) && std::isfinite(s_dy_xc)) {
+    if (std::isfinite(s_dy) && std::isfinite(s_dy_xc) && std::fabs(s_dy_xc) >= kFloatSumFloor) {
       *sum_dy = s_dy;
       *sum_dy_xc = s_dy_xc;
       return;
     }
-    // Overflow past float's range (|dy * (x - mean)| near 3e38), or Inf / NaN in the data:
+    // Overflow past float's range (|dy * (x - mean)| near 3e38), Inf / NaN in the data, or
+    // products that may have fallen below float's normal range (a sum under kFloatSumFloor:
+    // n <= 2^13 products each under 1.2e-38 add up to less; this also catches an all-zero dy):
     // the chunk again in double, which gives the same sums as float and double inputs get.
   }
   vd8 g0 = {}, g1 = {}, p0 = {}, p1 = {};

@@ -1,12 +1,13 @@
 // The output pool (output_pool.h): a c10::Allocator whose buffers are 2 MiB-aligned anonymous
-// mappings (transparent huge pages from 32 MiB), kept on free (within bounds) for the next
-// request of the same size.
+// mappings (transparent huge pages from 32 MiB), kept on free (within bounds) for a later
+// request of about the same size.
 #include "output_pool.h"
 
 #include <cstdlib>
 #include <mutex>
 #include <new>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -14,9 +15,11 @@
 #include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
 
+#include "huge_pages.h"
+
 #if defined(__linux__)
+#include <pthread.h>
 #include <sys/mman.h>
-#include <unistd.h>
 #endif
 
 namespace groupnorm_ext {
@@ -24,8 +27,9 @@ namespace cpu {
 namespace {
 
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
+#define GN_OUTPUT_POOL 1
 
-constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kUnit = size_t(2) << 20;  // mapping granularity and alignment: one huge page
 constexpr size_t kMaxCachedBuffer = size_t(256) << 20;
 constexpr size_t kMaxCachedBytes = size_t(1) << 30;
 constexpr size_t kHugePageAdviceMinBytes = size_t(32) << 20;
@@ -38,20 +42,39 @@ bool pool_enabled() {
   return enabled;
 }
 
-// One mapping: `bytes` (a multiple of 2 MiB) at a 2 MiB-aligned address.
-struct Block {
+struct Mapping {
   void* ptr;
-  size_t bytes;
+  size_t bytes;  // a multiple of kUnit
 };
+
+// A cached mapping serves a request of `bytes` when it is at least that large and at most a
+// quarter larger: shapes that vary a little still reuse memory, and no small request pins a
+// much larger buffer.
+bool fits(size_t have, size_t need) { return have >= need && have - need <= need / 4; }
 
 class OutputPool final : public c10::Allocator {
  public:
+  OutputPool() { pthread_atfork(nullptr, nullptr, &OutputPool::after_fork_in_child); }
+
   c10::DataPtr allocate(size_t nbytes) override {
-    if (nbytes == 0) return {nullptr, nullptr, &free_block, c10::Device(c10::DeviceType::CPU)};
-    const size_t bytes = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
-    Block* block = take_cached(bytes);
-    if (block == nullptr) block = new Block{map(bytes), bytes};
-    return {block->ptr, block, &free_block, c10::Device(c10::DeviceType::CPU)};
+    const c10::Device cpu(c10::DeviceType::CPU);
+    if (nbytes == 0) return {nullptr, nullptr, &free_ptr, cpu};
+    const size_t bytes = (nbytes + kUnit - 1) / kUnit * kUnit;
+    Mapping m = take_cached(bytes);
+    if (m.ptr == nullptr) {
+      m = {map(bytes), bytes};
+      if (m.ptr == nullptr) {  // out of address space or memory: give back the cache, once
+        release_all();
+        m.ptr = map(bytes);
+      }
+      TORCH_CHECK_WITH(OutOfMemoryError, m.ptr != nullptr, "groupnorm_ext: could not map ", bytes,
+                       " bytes for an output tensor");
+    }
+    {
+      std::lock_guard<std::mutex> lock(*mutex_);
+      live_->emplace(m.ptr, m.bytes);
+    }
+    return {m.ptr, m.ptr, &free_ptr, cpu};  // context == data: a simple data pointer
   }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
@@ -59,136 +82,145 @@ class OutputPool final : public c10::Allocator {
   }
 
   int64_t release_all() {
-    std::vector<Block*> dropped;
+    std::vector<Mapping> dropped;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
-      dropped.swap(cached_);
+      std::lock_guard<std::mutex> lock(*mutex_);
+      dropped.swap(*cached_);
       cached_bytes_ = 0;
     }
     int64_t released = 0;
-    for (Block* b : dropped) {
-      released += static_cast<int64_t>(b->bytes);
-      unmap(b);
+    for (const Mapping& m : dropped) {
+      released += static_cast<int64_t>(m.bytes);
+      munmap(m.ptr, m.bytes);
     }
     return released;
   }
 
   int64_t cached_bytes() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(*mutex_);
     return static_cast<int64_t>(cached_bytes_);
   }
 
- private:
-  // The most recently freed buffer of exactly `bytes`, or null.
-  Block* take_cached(size_t bytes) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (size_t i = cached_.size(); i-- > 0;) {
-      if (cached_[i]->bytes == bytes) {
-        Block* b = cached_[i];
-        cached_.erase(cached_.begin() + static_cast<std::ptrdiff_t>(i));
-        cached_bytes_ -= bytes;
-        return b;
-      }
-    }
-    return nullptr;
+  static OutputPool& get() {
+    static OutputPool* instance = new OutputPool();  // never destroyed: frees may come at exit
+    return *instance;
   }
 
+ private:
+  // The smallest cached mapping that fits (the most recently freed among equals), or {}.
+  Mapping take_cached(size_t bytes) {
+    std::lock_guard<std::mutex> lock(*mutex_);
+    size_t best = cached_->size();
+    for (size_t i = cached_->size(); i-- > 0;) {
+      const size_t have = (*cached_)[i].bytes;
+      if (fits(have, bytes) && (best == cached_->size() || have < (*cached_)[best].bytes)) best = i;
+    }
+    if (best == cached_->size()) return {nullptr, 0};
+    const Mapping m = (*cached_)[best];
+    cached_->erase(cached_->begin() + static_cast<std::ptrdiff_t>(best));
+    cached_bytes_ -= m.bytes;
+    return m;
+  }
+
+  // `bytes` at a kUnit-aligned address (mapped one unit larger, both ends trimmed), so that
+  // every 2 MiB of it can be a huge page; null on failure.
   static void* map(size_t bytes) {
-    // Over-map by one huge page and trim both ends, so that the buffer starts on a 2 MiB
-    // boundary and every page of it can be a huge page.
-    const size_t span = bytes + kHugePage;
+    const size_t span = bytes + kUnit;
     void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    TORCH_CHECK_WITH(OutOfMemoryError, raw != MAP_FAILED, "groupnorm_ext: could not map ", bytes,
-                     " bytes for an output tensor");
+    if (raw == MAP_FAILED) return nullptr;
     const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
-    const uintptr_t aligned = (start + kHugePage - 1) & ~(uintptr_t(kHugePage) - 1);
+    const uintptr_t aligned = (start + kUnit - 1) & ~(uintptr_t(kUnit) - 1);
     if (aligned > start) munmap(raw, aligned - start);
     const size_t tail = span - (aligned - start) - bytes;
     if (tail > 0) munmap(reinterpret_cast<void*>(aligned + bytes), tail);
     // Huge pages only from 32 MiB: a huge-page fault may compact memory first, which in a VM
     // stalled the first calls of a process for ~150 ms; below that the 4 KiB faults of a
     // buffer's first use cost less, and reuse skips them anyway.
-    if (bytes >= kHugePageAdviceMinBytes) (void)madvise(reinterpret_cast<void*>(aligned), bytes, MADV_HUGEPAGE);
+    if (bytes >= kHugePageAdviceMinBytes && huge_pages_enabled()) {
+      (void)madvise(reinterpret_cast<void*>(aligned), bytes, MADV_HUGEPAGE);
+    }
     return reinterpret_cast<void*>(aligned);
   }
 
-  static void unmap(Block* b) {
-    munmap(b->ptr, b->bytes);
-    delete b;
-  }
-
-  static void free_block(void* ctx);
-
-  std::mutex mutex_;
-  std::vector<Block*> cached_;  // oldest first
-  size_t cached_bytes_ = 0;
-
-  friend void keep_or_unmap(Block* b);
-};
-
-// Never destroyed: tensors may be freed during or after static destruction at exit.
-OutputPool& pool() {
-  static OutputPool* instance = new OutputPool();
-  return *instance;
-}
-
-void keep_or_unmap(Block* b) {
-  OutputPool& p = pool();
-  std::vector<Block*> evicted;
-  if (b->bytes <= kMaxCachedBuffer) {
-    std::lock_guard<std::mutex> lock(p.mutex_);
-    p.cached_.push_back(b);
-    p.cached_bytes_ += b->bytes;
-    b = nullptr;
-    size_t drop = 0;
-    while (p.cached_bytes_ > kMaxCachedBytes && drop < p.cached_.size()) {
-      p.cached_bytes_ -= p.cached_[drop]->bytes;
-      evicted.push_back(p.cached_[drop++]);
+  // The deleter of every DataPtr above. Keeps the mapping when it is small enough, evicting the
+  // oldest beyond kMaxCachedBytes; unmaps outside the lock (munmap can take a while). Never
+  // throws: a failure to grow the cache's list unmaps instead.
+  static void free_ptr(void* ptr) {
+    if (ptr == nullptr) return;
+    OutputPool& pool = get();
+    std::vector<Mapping> evicted;
+    Mapping m{ptr, 0};
+    {
+      std::lock_guard<std::mutex> lock(*pool.mutex_);
+      const auto it = pool.live_->find(ptr);
+      if (it == pool.live_->end()) return;  // mapped before a fork(): the child leaves it be
+      m.bytes = it->second;
+      pool.live_->erase(it);
+      if (m.bytes <= kMaxCachedBuffer) {
+        try {
+          pool.cached_->push_back(m);
+          pool.cached_bytes_ += m.bytes;
+          m.ptr = nullptr;
+          size_t drop = 0;
+          while (pool.cached_bytes_ > kMaxCachedBytes) {
+            pool.cached_bytes_ -= (*pool.cached_)[drop].bytes;
+            evicted.push_back((*pool.cached_)[drop++]);
+          }
+          pool.cached_->erase(pool.cached_->begin(), pool.cached_->begin() + static_cast<std::ptrdiff_t>(drop));
+        } catch (...) {  // bad_alloc of a list: nothing is lost by unmapping instead
+        }
+      }
     }
-    p.cached_.erase(p.cached_.begin(), p.cached_.begin() + static_cast<std::ptrdiff_t>(drop));
+    if (m.ptr != nullptr) munmap(m.ptr, m.bytes);
+    for (const Mapping& e : evicted) munmap(e.ptr, e.bytes);
   }
-  if (b != nullptr) evicted.push_back(b);
-  for (Block* e : evicted) OutputPool::unmap(e);  // outside the lock: munmap can be slow
-}
 
-void OutputPool::free_block(void* ctx) {
-  if (ctx != nullptr) keep_or_unmap(static_cast<Block*>(ctx));
-}
+  // fork() copies the pool as it was, possibly mid-update by another thread with the lock held:
+  // the child starts over with a fresh lock and empty lists (the parent's cached mappings stay
+  // mapped in the child, unused; tensors it inherited are never unmapped there).
+  static void after_fork_in_child() {
+    OutputPool& pool = get();
+    pool.mutex_ = new std::mutex();
+    pool.cached_ = new std::vector<Mapping>();
+    pool.live_ = new std::unordered_map<void*, size_t>();
+    pool.cached_bytes_ = 0;
+  }
 
-#else  // no mmap / transparent huge pages: plain at::empty, nothing cached
-
-bool pool_enabled() { return false; }
+  // Heap-allocated and never freed, so that after_fork_in_child can replace them without
+  // touching a possibly inconsistent copy.
+  std::mutex* mutex_ = new std::mutex();
+  std::vector<Mapping>* cached_ = new std::vector<Mapping>();  // oldest first
+  std::unordered_map<void*, size_t>* live_ = new std::unordered_map<void*, size_t>();
+  size_t cached_bytes_ = 0;
+};
 
 #endif
 
 }  // namespace
 
 at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype) {
+#ifdef GN_OUTPUT_POOL
   int64_t numel = 1;
   for (const int64_t s : sizes) numel *= s;
-  const int64_t nbytes = numel * static_cast<int64_t>(c10::elementSize(dtype));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (pool_enabled() && nbytes >= kPooledOutputMinBytes) {
-    return at::detail::empty_generic(sizes, &pool(), c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
+  if (pool_enabled() && numel * static_cast<int64_t>(c10::elementSize(dtype)) >= kPooledOutputMinBytes) {
+    return at::detail::empty_generic(sizes, &OutputPool::get(), c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
                                      c10::MemoryFormat::Contiguous);
   }
-#else
-  (void)nbytes;
 #endif
   return at::empty(sizes, at::TensorOptions().dtype(dtype).device(at::kCPU));
 }
 
 int64_t release_cached_outputs() {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  return pool().release_all();
+#ifdef GN_OUTPUT_POOL
+  return OutputPool::get().release_all();
 #else
   return 0;
 #endif
 }
 
 int64_t cached_output_bytes() {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  return pool().cached_bytes();
+#ifdef GN_OUTPUT_POOL
+  return OutputPool::get().cached_bytes();
 #else
   return 0;
 #endif

@@ -14,10 +14,13 @@
 // output can serve the next call of the same size, as the CUDA caching allocator does.
 //
 // Bounds: outputs of kPooledOutputMinBytes (2 MiB) and up use it, in whole 2 MiB units; a
-// freed buffer is kept only when it is at most kMaxCachedBuffer (256 MiB) and the cache stays
-// within kMaxCachedBytes (1 GiB; oldest unmapped first). GROUPNORM_EXT_OUTPUT_POOL=0 turns it
-// off (outputs then come from at::empty, huge pages advised from 32 MiB as before);
-// groupnorm_ext.empty_cache() unmaps every cached buffer.
+// cached buffer serves a request it exceeds by at most a quarter; a freed buffer is kept
+// only when it is at most 256 MiB and the cache stays within 1 GiB (oldest unmapped first);
+// when a mapping fails the cache is released and the mapping tried again.
+// GROUPNORM_EXT_OUTPUT_POOL=0 turns it off (outputs then come from at::empty, huge pages
+// advised from 32 MiB as before); GROUPNORM_EXT_HUGE_PAGES=0 keeps the pool on 4 KiB pages;
+// groupnorm_ext.empty_cache() unmaps every cached buffer. Pooled tensors behave as at::empty's
+// (simple data pointers, resizable storage); a forked child leaves the parent's buffers be.
 #pragma once
 
 #include <cstdint>
