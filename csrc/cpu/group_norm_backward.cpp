@@ -44,6 +44,7 @@ struct Backward {
   T* dx;                // null when grad_input is not wanted
   reduce_t* sum_dy;     // (N, C)
   reduce_t* sum_dy_xc;  // (N, C)
+  bool stream;          // write dx with streaming stores (cpu::streaming_stores_pay)
 
   int64_t D() const { return sh.channels_per_group(); }
   // NSC: row chunks as the forward's (per sample, independent of N), at most kMaxRowChunks a
@@ -105,7 +106,7 @@ struct Backward {
       const int64_t row = i / sh.S, s = i % sh.S, len = std::min(sh.S - s, i1 - i);
       const int64_t j = row - row0;
       cpu::loop_grad_input(dy + i, x + i, dx + i, len, coeffs[j], coeffs[ld + j], coeffs[2 * ld + j],
-                           coeffs[3 * ld + j], coeffs[4 * ld + j]);
+                           coeffs[3 * ld + j], coeffs[4 * ld + j], stream);
       i += len;
     }
   }
@@ -114,7 +115,7 @@ struct Backward {
   void grad_input_nsc(int64_t n, int64_t s0, int64_t s1, const acc_t* coeffs, int64_t ld, int64_t col0) const {
     const int64_t o = sh.offset(n, 0, s0);
     cpu::loop_grad_input_rows(dy + o, x + o, dx + o, s1 - s0, sh.C, coeffs + col0, coeffs + ld + col0,
-                              coeffs + 2 * ld + col0, coeffs + 3 * ld + col0, coeffs + 4 * ld + col0);
+                              coeffs + 2 * ld + col0, coeffs + 3 * ld + col0, coeffs + 4 * ld + col0, stream);
   }
 
   void run() const {
@@ -273,7 +274,8 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
                                  w.defined() ? w.const_data_ptr<acc_t>() : nullptr,
                                  grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr,
                                  sums.data(),
-                                 sums.data() + sh.N * sh.C};
+                                 sums.data() + sh.N * sh.C,
+                                 cpu::streaming_stores_pay(3 * static_cast<int64_t>(input.nbytes()))};
     bwd.run();
   });
   if (grad_weight.defined() || grad_bias.defined()) {

@@ -55,6 +55,7 @@ struct Forward {
   reduce_t eps;
   acc_t* mean_out;  // (N, G)
   acc_t* rstd_out;
+  bool stream;  // write y with streaming stores (cpu::streaming_stores_pay)
 
   int64_t D() const { return sh.channels_per_group(); }
 
@@ -111,7 +112,7 @@ struct Forward {
     for (int64_t i = i0; i < i1;) {
       const int64_t row = i / sh.S, s = i % sh.S, len = std::min(sh.S - s, i1 - i);
       const int64_t n = row / sh.C, c = row % sh.C, ng = n * sh.groups + c / D();
-      cpu::loop_normalize(x + i, y + i, len, mean_out[ng], scale(ng, c), shift(c));
+      cpu::loop_normalize(x + i, y + i, len, mean_out[ng], scale(ng, c), shift(c), stream);
       i += len;
     }
   }
@@ -165,7 +166,7 @@ struct Forward {
         cpu::for_sample_rows(r0, r1, sh.S, [&](int64_t n, int64_t s0, int64_t s1) {
           const int64_t o = sh.offset(n, 0, s0);
           cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[n * C], &coeffs[(N + n) * C],
-                                   &coeffs[(2 * N + n) * C]);
+                                   &coeffs[(2 * N + n) * C], stream);
         });
       });
     });
@@ -198,7 +199,7 @@ struct Forward {
         const int64_t block_rows = std::max<int64_t>(1, kApplyGrainElems / C);
         cpu::for_blocks_reversed(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
           const int64_t o = sh.offset(n, 0, s0);
-          cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[0], &coeffs[C], &coeffs[2 * C]);
+          cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[0], &coeffs[C], &coeffs[2 * C], stream);
         });
       }
     });
@@ -231,7 +232,8 @@ ForwardResult group_norm_forward_cpu(const Tensor& input, int64_t num_groups,
                                 b.defined() ? b.const_data_ptr<acc_t>() : nullptr,
                                 eps,
                                 mean.mutable_data_ptr<acc_t>(),
-                                rstd.mutable_data_ptr<acc_t>()};
+                                rstd.mutable_data_ptr<acc_t>(),
+                                cpu::streaming_stores_pay(2 * static_cast<int64_t>(input.nbytes()))};
     fwd.run();
   });
   return {out, mean, rstd};

@@ -6,9 +6,16 @@
 // the summation order is fixed by the code, not by the thread count or the ISA picked.
 #include "loops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
+
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+#define GN_STREAMING_STORES 1
+#endif
 
 #include "../plan.h"
 
@@ -22,6 +29,10 @@ namespace {
 #define GN_CLONES
 #endif
 #define GN_INLINE __attribute__((always_inline)) inline
+// The same for the lambdas the public functions pass to write_output: a lambda GCC keeps out
+// of line is compiled once for the baseline ISA (no clone), which costs the clone's wide
+// vectors and FMA, and then rounds differently from the inlined copies.
+#define GN_LAMBDA_INLINE __attribute__((always_inline))
 
 template <typename acc_t, typename T>
 GN_INLINE acc_t load(const T* p) {
@@ -234,6 +245,67 @@ GN_INLINE void moments_impl(const T* x, int64_t n, reduce_t* mean_out, reduce_t*
   }
 }
 
+// Streaming (non-temporal) output: each piece of the output is computed into an L1-resident
+// buffer by the same code as the plain path, then written with 16-byte streaming stores,
+// which skip the read-for-ownership of every destination line and leave the caches to the
+// input. Into memory the caches no longer hold, that halves the cost of the writes
+// (measured on a 64 MiB apply: 6 ms with plain stores, 2.4-3 ms streamed); SSE2 stores, so
+// every clone can inline them (a 512-bit version measured within noise of them). The
+// bytes written are the plain path's: only the stores differ.
+constexpr int64_t kStreamPieceBytes = 4096;
+
+// compute(out, begin, len) writes output elements [begin, begin + len) to out[0..len).
+template <typename T, typename F>
+GN_INLINE void write_output(T* dst, int64_t n, bool stream, const F& compute) {
+#ifdef GN_STREAMING_STORES
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(dst);
+  if (stream && addr % sizeof(T) == 0) {
+    const int64_t head = std::min<int64_t>(n, ((16 - addr % 16) % 16) / sizeof(T));
+    if (head > 0) compute(dst, 0, head);  // up to the first 16-byte boundary: plain stores
+    constexpr int64_t kPiece = kStreamPieceBytes / sizeof(T);
+    alignas(64) T piece[kPiece];
+    for (int64_t i = head; i < n; i += kPiece) {
+      const int64_t len = std::min(kPiece, n - i);
+      compute(piece, i, len);
+      const int64_t bytes = len * static_cast<int64_t>(sizeof(T)), whole = bytes / 16 * 16;
+      char* out = reinterpret_cast<char*>(dst + i);
+      const char* src = reinterpret_cast<const char*>(piece);
+      for (int64_t b = 0; b < whole; b += 16) {
+        _mm_stream_si128(reinterpret_cast<__m128i*>(out + b), _mm_load_si128(reinterpret_cast<const __m128i*>(src + b)));
+      }
+      std::memcpy(out + whole, src + whole, bytes - whole);
+    }
+    // Streaming stores are weakly ordered: fence them before the thread reports done.
+    _mm_sfence();
+    return;
+  }
+#endif
+  (void)stream;
+  compute(dst, 0, n);
+}
+
+// Elements [begin, begin + len) of a rows x C block, split into the first row's tail, whole
+// rows, and the last row's head: f(row, c0, width, out_offset, rows), where a run of whole
+// rows has c0 = 0, width = C and rows >= 1, and a part of a row has rows = 1.
+template <typename F>
+GN_INLINE void for_row_pieces(int64_t begin, int64_t len, int64_t C, const F& f) {
+  int64_t i = begin, o = 0;
+  const int64_t end = begin + len;
+  if (i % C != 0) {
+    const int64_t width = std::min(C - i % C, end - i);
+    f(i / C, i % C, width, o, int64_t(1));
+    i += width;
+    o += width;
+  }
+  if (end - i >= C) {
+    const int64_t rows = (end - i) / C;
+    f(i / C, int64_t(0), C, o, rows);
+    i += rows * C;
+    o += rows * C;
+  }
+  if (i < end) f(i / C, int64_t(0), end - i, o, int64_t(1));
+}
+
 // Centre first, then scale: (x - mean) keeps full precision when |mean| >> std, which a
 // folded x * scale + (bias - mean * scale) loses to cancellation.
 template <typename T, typename acc_t = opmath_t<T>>
@@ -409,13 +481,19 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
     moments_impl(x, n, mean, m2);                                                              \
   }                                                                                            \
   GN_CLONES void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean,                 \
-                                opmath_t<T> scale, opmath_t<T> bias) {                         \
-    normalize_impl(x, y, n, mean, scale, bias);                                                \
+                                opmath_t<T> scale, opmath_t<T> bias, bool stream) {            \
+    write_output(y, n, stream, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {                           \
+      normalize_impl(x + b, out, len, mean, scale, bias);                                      \
+    });                                                                                        \
   }                                                                                            \
   GN_CLONES void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C,                \
                                      const opmath_t<T>* mean, const opmath_t<T>* scale,        \
-                                     const opmath_t<T>* bias) {                                \
-    normalize_rows_impl(x, y, rows, C, mean, scale, bias);                                     \
+                                     const opmath_t<T>* bias, bool stream) {                   \
+    write_output(y, rows * C, stream, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {                    \
+      for_row_pieces(b, len, C, [&](int64_t r, int64_t c0, int64_t width, int64_t o, int64_t nr) GN_LAMBDA_INLINE { \
+        normalize_rows_impl(x + r * C + c0, out + o, nr, width, mean + c0, scale + c0, bias + c0); \
+      });                                                                                      \
+    });                                                                                        \
   }                                                                                            \
   GN_CLONES void loop_accumulate_dev_rows(const T* x, int64_t rows, int64_t C,                 \
                                           const reduce_t* mean, reduce_t* acc_d,               \
@@ -433,14 +511,21 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
   }                                                                                            \
   GN_CLONES void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,     \
                                  opmath_t<T> mean, opmath_t<T> rstd, opmath_t<T> kxhat,        \
-                                 opmath_t<T> kc) {                                             \
-    grad_input_impl(dy, x, dx, n, a, mean, rstd, kxhat, kc);                                   \
+                                 opmath_t<T> kc, bool stream) {                                \
+    write_output(dx, n, stream, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {                          \
+      grad_input_impl(dy + b, x + b, out, len, a, mean, rstd, kxhat, kc);                      \
+    });                                                                                        \
   }                                                                                            \
   GN_CLONES void loop_grad_input_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, \
                                       const opmath_t<T>* a, const opmath_t<T>* mean,           \
                                       const opmath_t<T>* rstd, const opmath_t<T>* kxhat,       \
-                                      const opmath_t<T>* kc) {                                 \
-    grad_input_rows_impl(dy, x, dx, rows, C, a, mean, rstd, kxhat, kc);                        \
+                                      const opmath_t<T>* kc, bool stream) {                    \
+    write_output(dx, rows * C, stream, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {                   \
+      for_row_pieces(b, len, C, [&](int64_t r, int64_t c0, int64_t width, int64_t o, int64_t nr) GN_LAMBDA_INLINE { \
+        grad_input_rows_impl(dy + r * C + c0, x + r * C + c0, out + o, nr, width, a + c0, mean + c0, \
+                             rstd + c0, kxhat + c0, kc + c0);                                  \
+      });                                                                                      \
+    });                                                                                        \
   }
 
 GN_DEFINE_LOOPS(float)

@@ -35,13 +35,15 @@ using reduce_t = double;
   /* moments (count, mean, M2) of x[0..n), n > 0: the corrected two-pass algorithm, in      \
      float lanes when the data allow it (see loops.cpp), else in double */                  \
   void loop_moments(const T* x, int64_t n, reduce_t* mean, reduce_t* m2);                    \
-  /* y = (x - mean) * scale + bias, one coefficient set for the run (NCS apply) */          \
+  /* y = (x - mean) * scale + bias, one coefficient set for the run (NCS apply). The        \
+     elementwise loops take `stream`: write the output with streaming stores (see           \
+     streaming_stores_pay in schedule.h); the values are the same either way. */            \
   void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean, opmath_t<T> scale,      \
-                      opmath_t<T> bias);                                                     \
+                      opmath_t<T> bias, bool stream);                                        \
   /* NSC apply over `rows` rows of C channels: y[r, c] = (x[r, c] - mean[c]) * scale[c]      \
      + bias[c] */                                                                            \
   void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const opmath_t<T>* mean, \
-                           const opmath_t<T>* scale, const opmath_t<T>* bias);               \
+                           const opmath_t<T>* scale, const opmath_t<T>* bias, bool stream);  \
   /* with d = x[r, c] - mean[c] (a first-pass mean or a shift): acc_d[c] += d,              \
      acc_d2[c] += d^2 */                                                                     \
   void loop_accumulate_dev_rows(const T* x, int64_t rows, int64_t C, const reduce_t* mean,   \
@@ -56,12 +58,12 @@ using reduce_t = double;
      xhat is formed first so no coefficient needs rstd^2 or rstd^3 (they underflow). */     \
   void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,             \
                        opmath_t<T> mean, opmath_t<T> rstd, opmath_t<T> kxhat,                \
-                       opmath_t<T> kc);                                                      \
+                       opmath_t<T> kc, bool stream);                                         \
   /* the same over `rows` rows of C channels with per-channel coefficients (NSC) */          \
   void loop_grad_input_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,         \
                             const opmath_t<T>* a, const opmath_t<T>* mean,                   \
                             const opmath_t<T>* rstd, const opmath_t<T>* kxhat,               \
-                            const opmath_t<T>* kc);
+                            const opmath_t<T>* kc, bool stream);
 
 GN_DECLARE_LOOPS(float)
 GN_DECLARE_LOOPS(double)
