@@ -155,6 +155,26 @@ def test_huge_magnitudes_keep_the_variance(dtype, magnitude, shape, G, layout):
                                msg=lambda m: f"rstd * 2^k vs reference (got rstd {rstd.flatten()[:2].tolist()}): {m}")
 
 
+# The other end: |x| ~ 1e-25, where d^2 falls below float's normal range (1.2e-38) and the float lanes
+# some reductions use (moments_impl, sum_dev_rows_impl in loops.cpp) would lose every digit; eps = 0 so
+# that the variance itself is what rstd shows.
+@pytest.mark.parametrize("shape,G,layout", HUGE_SHAPES)
+@pytest.mark.parametrize("dtype,magnitude", [pytest.param(torch.float32, 1e-25, id="float32-1e-25"),
+                                             pytest.param(torch.bfloat16, 1e-25, id="bfloat16-1e-25"),
+                                             pytest.param(torch.float32, 1e-17, id="float32-1e-17")])
+def test_tiny_magnitudes_keep_the_variance(dtype, magnitude, shape, G, layout):
+    s = power_of_two_near(magnitude)
+    z = make_input(shape, torch.float32, "contiguous", seed=8)
+    x = to_layout((z * s).to(dtype), layout)
+    z = x.double() / s
+    out, mean, rstd = ops.group_norm_forward(x, G, None, None, 0.0, "identity")
+    exp_out, exp_mean, exp_rstd = ref_group_norm(z, G, None, None, 0.0)
+    st = STAT_TOLERANCES[stat_dtype(dtype)]
+    torch.testing.assert_close(rstd.double() * s, exp_rstd, atol=0, rtol=st["rtol"])
+    torch.testing.assert_close(mean.double() / s, exp_mean, **st)
+    torch.testing.assert_close(out.double(), exp_out, **forward_tol(dtype, z, G, None, 0.0))
+
+
 @pytest.mark.parametrize("dtype,magnitude", HUGE)
 def test_huge_magnitudes_backward(dtype, magnitude):
     shape, G = (2, 6, 5, 7), 3

@@ -45,6 +45,7 @@ struct Backward {
   reduce_t* sum_dy;     // (N, C)
   reduce_t* sum_dy_xc;  // (N, C)
   bool stream;          // write dx with streaming stores (cpu::streaming_stores_pay)
+  bool prefetch;        // prefetch NSC rows in software (cpu::software_prefetch_pays)
 
   int64_t D() const { return sh.channels_per_group(); }
   // NSC: row chunks as the forward's (per sample, independent of N), at most kMaxRowChunks a
@@ -68,7 +69,8 @@ struct Backward {
     std::fill(part_dy, part_dy + sh.C, reduce_t(0));
     std::fill(part_dy_xc, part_dy_xc + sh.C, reduce_t(0));
     const int64_t off = sh.offset(n, 0, p.begin(k));
-    cpu::loop_grad_sums_rows(dy + off, x + off, p.end(k, sh.S) - p.begin(k), sh.C, channel_mean, part_dy, part_dy_xc);
+    cpu::loop_grad_sums_rows(dy + off, x + off, p.end(k, sh.S) - p.begin(k), sh.C, channel_mean, part_dy, part_dy_xc,
+                             prefetch);
   }
 
   void channel_means(int64_t n, reduce_t* channel_mean) const {
@@ -275,7 +277,8 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
                                  grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr,
                                  sums.data(),
                                  sums.data() + sh.N * sh.C,
-                                 cpu::streaming_stores_pay(3 * static_cast<int64_t>(input.nbytes()))};
+                                 cpu::streaming_stores_pay(3 * static_cast<int64_t>(input.nbytes())),
+                                 cpu::software_prefetch_pays(2 * static_cast<int64_t>(input.nbytes()))};
     bwd.run();
   });
   if (grad_weight.defined() || grad_bias.defined()) {

@@ -55,7 +55,8 @@ struct Forward {
   reduce_t eps;
   acc_t* mean_out;  // (N, G)
   acc_t* rstd_out;
-  bool stream;  // write y with streaming stores (cpu::streaming_stores_pay)
+  bool stream;    // write y with streaming stores (cpu::streaming_stores_pay)
+  bool prefetch;  // prefetch NSC rows in software (cpu::software_prefetch_pays)
 
   int64_t D() const { return sh.channels_per_group(); }
 
@@ -71,7 +72,7 @@ struct Forward {
   // Moments of chunk k of every group of sample n, NSC: rows of C channels reduced with
   // per-channel accumulators (vectorized along C), in one pass: sums of d = x - shift with
   // each group's shift its first element in the chunk's first row (the shifted-data
-  // algorithm in double, see moments_from_deviations). Writes out[g * stride] for each g.
+  // algorithm, see moments_from_deviations; sums in double, see loop_sum_dev_rows). Writes out[g * stride] for each g.
   void chunk_moments_nsc(int64_t n, int64_t k, std::vector<reduce_t>& channel_acc,
                          std::vector<reduce_t>& channel_shift, Stats* out, int64_t stride) const {
     const int64_t C = sh.C, G = sh.groups;
@@ -85,8 +86,7 @@ struct Forward {
     // channel_acc holds 2 * C sums: deviations, then their squares.
     reduce_t* acc_d = channel_acc.data();
     reduce_t* acc_d2 = channel_acc.data() + C;
-    std::fill(channel_acc.begin(), channel_acc.end(), reduce_t(0));
-    cpu::loop_accumulate_dev_rows(rows, s1 - s0, C, channel_shift.data(), acc_d, acc_d2);
+    cpu::loop_sum_dev_rows(rows, s1 - s0, C, channel_shift.data(), acc_d, acc_d2, prefetch);
     for (int64_t g = 0; g < G; ++g) {
       reduce_t sum_d = 0, sum_d2 = 0;
       for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
@@ -233,7 +233,8 @@ ForwardResult group_norm_forward_cpu(const Tensor& input, int64_t num_groups,
                                 eps,
                                 mean.mutable_data_ptr<acc_t>(),
                                 rstd.mutable_data_ptr<acc_t>(),
-                                cpu::streaming_stores_pay(2 * static_cast<int64_t>(input.nbytes()))};
+                                cpu::streaming_stores_pay(2 * static_cast<int64_t>(input.nbytes())),
+                                cpu::software_prefetch_pays(static_cast<int64_t>(input.nbytes()))};
     fwd.run();
   });
   return {out, mean, rstd};

@@ -22,9 +22,10 @@ using opmath_t = typename Opmath<T>::type;
 // Reductions (statistics and gradient sums) accumulate in double whatever the input:
 // the data come from memory far slower than even 8-wide double adds retire, and double
 // keeps (x - mean)^2 from overflowing for |x| ~ 1e30 and the mean exact to float
-// precision on huge groups. Elementwise passes run in opmath_t. Two exceptions inside one
-// chunk, both falling back to double where float could lose: the first pass of the
-// moments (loops.cpp, moments_impl) and the gradient sums of bfloat16 / half data.
+// precision on huge groups. Elementwise passes run in opmath_t. Three exceptions inside one
+// chunk, all falling back to double where float could lose: the moments of a contiguous
+// run (loops.cpp, moments_impl), the channels_last deviations (four-row partial sums,
+// sum_dev_rows_impl) and the gradient sums of bfloat16 / half data.
 using reduce_t = double;
 
 #define GN_DECLARE_LOOPS(T)                                                                  \
@@ -44,16 +45,18 @@ using reduce_t = double;
      + bias[c] */                                                                            \
   void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const opmath_t<T>* mean, \
                            const opmath_t<T>* scale, const opmath_t<T>* bias, bool stream);  \
-  /* with d = x[r, c] - mean[c] (a first-pass mean or a shift): acc_d[c] += d,              \
-     acc_d2[c] += d^2 */                                                                     \
-  void loop_accumulate_dev_rows(const T* x, int64_t rows, int64_t C, const reduce_t* mean,   \
-                                reduce_t* acc_d, reduce_t* acc_d2);                          \
+  /* per-channel sums over `rows` rows of d = x[r, c] - shift[c] (shift[c] a value of the     \
+     data, or a mean): sets sum_d[c] = sum of d, sum_d2[c] = sum of d^2. The row loops take  \
+     `prefetch`: software-prefetch rows ahead (see software_prefetch_pays in schedule.h) */  \
+  void loop_sum_dev_rows(const T* x, int64_t rows, int64_t C, const reduce_t* shift,         \
+                         reduce_t* sum_d, reduce_t* sum_d2, bool prefetch);                  \
   /* sums of dy and of dy * (x - mean) over a run */                                         \
   void loop_grad_sums(const T* dy, const T* x, int64_t n, reduce_t mean, reduce_t* sum_dy,   \
                       reduce_t* sum_dy_xc);                                                  \
   /* per-channel sums over rows: sum_dy[c] += dy[r, c]; sum_dy_xc[c] += dy * (x - mean[c]) */ \
   void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C,                 \
-                           const reduce_t* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc);     \
+                           const reduce_t* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc,      \
+                           bool prefetch);                                                   \
   /* dx = a * dy + ((x - mean) * rstd) * kxhat + kc, one coefficient set for the run.       \
      xhat is formed first so no coefficient needs rstd^2 or rstd^3 (they underflow). */     \
   void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,             \
