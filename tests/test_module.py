@@ -20,6 +20,22 @@ def test_attributes_and_init_values():
     assert [n for n, _ in m.named_parameters()] == ["weight", "bias"]
 
 
+def test_is_an_nn_group_norm_to_code_that_asks():
+    """Model code finds norms with isinstance (weight init, weight-decay groups): ours answers as
+    nn.GroupNorm does, and such an init loop reaches its parameters."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), groupnorm_ext.GroupNorm(4, 8))
+    assert isinstance(model[1], torch.nn.GroupNorm)
+    for m in model.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            torch.nn.init.constant_(m.weight, 0.5)
+            torch.nn.init.constant_(m.bias, 0.25)
+    x = make_input((2, 3, 5, 5), seed=3)
+    ref = torch.nn.GroupNorm(4, 8)
+    torch.nn.init.constant_(ref.weight, 0.5)
+    torch.nn.init.constant_(ref.bias, 0.25)
+    torch.testing.assert_close(model(x), ref(model[0](x)), **tol(torch.float32))
+
+
 def test_constructor_keywords_match_torch():
     m = groupnorm_ext.GroupNorm(num_groups=2, num_channels=6, eps=1e-3, affine=True)
     assert (m.num_groups, m.num_channels, m.eps, m.affine) == (2, 6, 1e-3, True)
