@@ -189,8 +189,10 @@ def check_case(case, ours_fn, torch_fn, x, weight, bias, grad_out) -> dict[str, 
 
 
 def time_case(case, impls, timer, policy, x, weight, bias, grad_out) -> dict[tuple[str, str], list]:
-    """{(impl, pass): samples in seconds} for pass in fwd, fwd+bwd; the impls take turns (policy.rounds).
-    The forward runs under no_grad (inference); the no_grad switch sits outside the timed calls."""
+    """{(impl, pass): samples in seconds} for pass in fwd, fwd+bwd. The impls take turns: call by call
+    on the CPU, policy.rounds turns on a GPU; every impl makes the same number of calls, sized by the
+    slowest one's warm-up. The forward runs under no_grad (inference); the no_grad switch sits
+    outside the timed calls."""
     g = case.groups
     xr, wr, br = (t.detach().requires_grad_() for t in (x, weight, bias))
     calls = {
@@ -200,10 +202,12 @@ def time_case(case, impls, timer, policy, x, weight, bias, grad_out) -> dict[tup
     samples = {}
     for pass_, make in calls.items():
         with torch.set_grad_enabled(pass_ != "fwd"):
-            for turn in range(policy.rounds):
-                share = policy.round_share(first=turn == 0)
-                for name, fn in impls.items():
-                    samples.setdefault((name, pass_), []).extend(timer.samples(make(fn), share))
+            fns = {name: make(fn) for name, fn in impls.items()}
+            estimate = max(timer.warm_up(fn, policy.warmup) for fn in fns.values())
+            reps = policy.reps_for(estimate)
+            turns = reps if timer.interleave_calls else policy.rounds
+            for name, s in timer.take_turns(fns, reps, turns).items():
+                samples[(name, pass_)] = s
     return samples
 
 
@@ -301,7 +305,9 @@ def main(argv=None) -> int:
         "busy_start": busy_start, "busy_end": warn_if_busy(cpu_busy_fraction()),
         "timing": (f"median of {policy.min_reps} calls" if policy.target_s <= 0
                    else f"median of {policy.min_reps}-{policy.max_reps} calls (~{policy.target_s:g} s)")
-        + f" after {policy.warmup} warm-up, ours and torch taking {policy.rounds} turns each"
+        + f" after {policy.warmup} warm-up, "
+        + ("ours and torch alternating call by call" if timer.interleave_calls
+           else f"ours and torch taking {policy.rounds} turns each")
         + ("; CUDA events, 256 MiB written before each call to flush L2" if args.device == "cuda"
            else "; time.perf_counter"),
     }

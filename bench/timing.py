@@ -27,19 +27,11 @@ class RepPolicy:
     min_reps: int = 10
     max_reps: int = 200
     target_s: float = 1.0
-    # The implementations under comparison take turns this many times (ours, torch, ours, torch, ...),
-    # each turn timing 1/rounds of the calls, so that slow drift (clock, other tenants) hits both alike.
+    # On a GPU the implementations under comparison take turns this many times (ours, torch, ours,
+    # torch, ...), each turn timing 1/rounds of the calls. On the CPU they alternate call by call
+    # (CpuTimer.interleave_calls): a shared VM slows down by up to 2x for seconds at a time, and only
+    # call-by-call turns make such a spell hit both sides alike.
     rounds: int = 3
-
-    def round_share(self, first: bool) -> "RepPolicy":
-        """The policy for one turn: 1/rounds of the calls; the warm-up only on the first turn."""
-        return RepPolicy(
-            warmup=self.warmup if first else 1,
-            min_reps=max(1, self.min_reps // self.rounds),
-            max_reps=max(1, self.max_reps // self.rounds),
-            target_s=self.target_s / self.rounds,
-            rounds=1,
-        )
 
     def reps_for(self, estimate_s: float) -> int:
         if self.target_s <= 0:
@@ -51,30 +43,49 @@ class RepPolicy:
 # Quick: a short time budget per (impl, pass), but enough calls that a burst of noise on a shared VM
 # cannot own the median of a 10 us case.
 QUICK_POLICY = RepPolicy(warmup=3, min_reps=30, max_reps=300, target_s=0.3, rounds=5)
-FULL_POLICY = RepPolicy(warmup=3, min_reps=12, max_reps=300, target_s=1.5, rounds=3)
+FULL_POLICY = RepPolicy(warmup=3, min_reps=12, max_reps=1000, target_s=1.5, rounds=3)
+
+
+def _split(reps: int, turns: int) -> list[int]:
+    """reps calls cut into `turns` turns of sizes differing by at most one."""
+    turns = max(1, min(turns, reps))
+    return [reps // turns + (1 if t < reps % turns else 0) for t in range(turns)]
 
 
 class CpuTimer:
     device = "cpu"
+    interleave_calls = True
 
     def _once(self, fn) -> float:
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
 
-    def samples(self, fn, policy: RepPolicy) -> list[float]:
-        warm = [self._once(fn) for _ in range(policy.warmup)]
-        reps = policy.reps_for(min(warm) if warm else self._once(fn))
+    def warm_up(self, fn, calls: int) -> float:
+        """Runs fn `calls` times (at least once); returns the fastest time."""
+        return min(self._once(fn) for _ in range(max(1, calls)))
+
+    def take_turns(self, fns: dict, reps: int, turns: int) -> dict[str, list[float]]:
+        """reps timed calls of each fn, the fns taking `turns` turns in order; {name: samples}."""
+        out = {name: [] for name in fns}
         gc.collect()
         gc.disable()  # a collection in the middle of a 10 us call would be a 100x outlier
         try:
-            return [self._once(fn) for _ in range(reps)]
+            for k in _split(reps, turns):
+                for name, fn in fns.items():
+                    out[name].extend(self._once(fn) for _ in range(k))
         finally:
             gc.enable()
+        return out
+
+    def samples(self, fn, policy: RepPolicy) -> list[float]:
+        reps = policy.reps_for(self.warm_up(fn, policy.warmup))
+        return self.take_turns({"fn": fn}, reps, 1)["fn"]
 
 
 class CudaTimer:
     device = "cuda"
+    interleave_calls = False
 
     def __init__(self):
         self._flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda")
@@ -93,15 +104,24 @@ class CudaTimer:
         torch.cuda.synchronize()
         return [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
 
-    def samples(self, fn, policy: RepPolicy) -> list[float]:
-        warm = self._run(fn, max(policy.warmup, 1))
-        reps = policy.reps_for(min(warm))
+    def warm_up(self, fn, calls: int) -> float:
+        return min(self._run(fn, max(1, calls)))
+
+    def take_turns(self, fns: dict, reps: int, turns: int) -> dict[str, list[float]]:
+        out = {name: [] for name in fns}
         gc.collect()
         gc.disable()
         try:
-            return self._run(fn, reps)
+            for k in _split(reps, turns):
+                for name, fn in fns.items():
+                    out[name].extend(self._run(fn, k))
         finally:
             gc.enable()
+        return out
+
+    def samples(self, fn, policy: RepPolicy) -> list[float]:
+        reps = policy.reps_for(self.warm_up(fn, policy.warmup))
+        return self.take_turns({"fn": fn}, reps, 1)["fn"]
 
 
 def make_timer(device: str):
