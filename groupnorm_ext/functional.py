@@ -1,4 +1,5 @@
 """Functional API: ``group_norm``, with torch.nn.functional.group_norm's argument order."""
+import operator
 from typing import Optional
 
 import torch
@@ -23,22 +24,49 @@ def group_norm(
     ``activation`` (``None`` or ``"identity"``). Differentiable; scriptable.
     """
     if not torch.jit.is_scripting():
-        _check_argument_types(input, num_groups, weight, bias, eps, activation)
+        num_groups, eps = _check_argument_types(input, num_groups, weight, bias, eps, activation)
     act = "identity" if activation is None else activation
     return torch.ops.groupnorm_ext.group_norm(input, num_groups, weight, bias, eps, act)
 
 
-def _check_argument_types(input, num_groups, weight, bias, eps, activation) -> None:
-    """TypeError for arguments of the wrong type, as torch.nn.functional.group_norm raises
-    (the op itself would report them as a RuntimeError from schema matching)."""
+def _check_argument_types(input, num_groups, weight, bias, eps, activation):
+    """TypeError for arguments of the wrong type, as torch.nn.functional.group_norm raises (the op
+    itself would report them as a RuntimeError from schema matching). Returns num_groups and eps as
+    int and float, converted the way torch's argument parser converts them: num_groups from any
+    integer with __index__ (NumPy integers, 0-dim integer tensors) but not bool; eps from any real
+    number (bool and NumPy scalars included) or a 0-dim tensor."""
     if not isinstance(input, Tensor):
         raise TypeError(f"group_norm(): argument 'input' must be Tensor, not {type(input).__name__}")
-    if not isinstance(num_groups, int) or isinstance(num_groups, bool):
-        raise TypeError(f"group_norm(): argument 'num_groups' must be int, not {type(num_groups).__name__}")
+    if type(num_groups) is not int:
+        num_groups = _index_argument("num_groups", num_groups)
     for name, value in (("weight", weight), ("bias", bias)):
         if value is not None and not isinstance(value, Tensor):
             raise TypeError(f"group_norm(): argument '{name}' must be Tensor, not {type(value).__name__}")
-    if not isinstance(eps, (float, int)) or isinstance(eps, bool):
-        raise TypeError(f"group_norm(): argument 'eps' must be float, not {type(eps).__name__}")
+    if type(eps) is not float:
+        eps = _real_argument("eps", eps)
     if activation is not None and not isinstance(activation, str):
         raise TypeError(f"group_norm(): argument 'activation' must be str or None, not {type(activation).__name__}")
+    return num_groups, eps
+
+
+def _index_argument(name: str, value) -> int:
+    is_integer_tensor = (isinstance(value, Tensor) and value.dim() == 0
+                         and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool))
+    if not isinstance(value, (bool, float, Tensor)) or is_integer_tensor:
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"group_norm(): argument '{name}' must be int, not {type(value).__name__}")
+
+
+def _real_argument(name: str, value) -> float:
+    if isinstance(value, Tensor):
+        if value.dim() == 0 and not value.is_complex():
+            return float(value)
+    elif not isinstance(value, (str, bytes, complex)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"group_norm(): argument '{name}' must be float, not {type(value).__name__}")

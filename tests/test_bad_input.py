@@ -24,6 +24,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -299,6 +300,39 @@ def test_activation_of_the_wrong_type_is_a_type_error():
     """Like any argument of the wrong type in torch's Python API (cf. eps_str)."""
     with pytest.raises(TypeError, match="activation"):
         groupnorm_ext.group_norm(torch.randn(2, 6, 4), 3, None, None, 1e-5, 3)
+
+
+# Scalars torch's argument parser converts (or refuses): num_groups takes any integer with __index__ but not
+# bool / float / tensors that are not 0-dim integers; eps takes any real number, bool included, or a 0-dim
+# tensor. Ours must accept and refuse the same, and compute the same values.
+SCALAR_ARGUMENTS = [
+    pytest.param(np.int64(3), 1e-5, id="numpy-int64-groups"),
+    pytest.param(np.int32(3), 1e-5, id="numpy-int32-groups"),
+    pytest.param(torch.tensor(3), 1e-5, id="0-dim-integer-tensor-groups"),
+    pytest.param(True, 1e-5, id="bool-groups"),
+    pytest.param(3.0, 1e-5, id="float-groups"),
+    pytest.param(torch.tensor(3.0), 1e-5, id="float-tensor-groups"),
+    pytest.param(torch.tensor([3]), 1e-5, id="1-d-tensor-groups"),
+    pytest.param(3, np.float32(1e-3), id="numpy-float32-eps"),
+    pytest.param(3, np.int32(1), id="numpy-int-eps"),
+    pytest.param(3, True, id="bool-eps"),
+    pytest.param(3, torch.tensor(1e-3), id="0-dim-tensor-eps"),
+    pytest.param(3, torch.tensor([1e-3]), id="1-d-tensor-eps"),
+    pytest.param(3, None, id="none-eps"),
+    pytest.param(3, 1 + 2j, id="complex-eps"),
+]
+
+
+@pytest.mark.parametrize("groups,eps", SCALAR_ARGUMENTS)
+def test_scalar_arguments_convert_like_torch(groups, eps):
+    x = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(5))
+    try:
+        expected = F.group_norm(x, groups, None, None, eps)
+    except Exception as e:  # noqa: BLE001  (whatever torch raises, ours must raise the same kind)
+        with pytest.raises(type(e)):
+            groupnorm_ext.group_norm(x, groups, None, None, eps)
+        return
+    torch.testing.assert_close(groupnorm_ext.group_norm(x, groups, None, None, eps), expected)
 
 
 # module constructor / forward misuse, against torch.nn.GroupNorm
