@@ -86,11 +86,46 @@ GN_INLINE reduce_t reduce_vectors(vd8 a, vd8 b) {
   return s2[0] + s2[1];
 }
 
+constexpr int64_t kLineBytes = 64;
+
+// Software prefetch. The hardware prefetchers of this project's machines (Xeon, 2 MiB L2,
+// 260 MiB L3 shared with other guests) fall behind in two patterns of these loops, measured
+// in microbenchmarks over 10-400 MB on 2 threads:
+//  - the channels-last four-row loops (four streams a row apart): 8-14 GB/s against 20-40
+//    GB/s for a sequential sum of the same array; prefetching the block after next restores
+//    22-30 GB/s (C = 64..640). On data already near (a few MB) the extra instructions cost up
+//    to 10% for long rows, so those loops prefetch only when the caller asks (see
+//    software_prefetch_pays in schedule.h);
+//  - the two-pass moments of a contiguous chunk: while the second pass works on the chunk in
+//    L1, the first pass's stream stops, and the hardware starts it again from cold on the next
+//    chunk: prefetching kPrefetchAheadBytes ahead in the first pass took 105 MB from 4.3 to
+//    3.1 ms and 400 MB from 27 to 20 ms, and cost nothing on 10 MB.
+// Prefetches are hints into L2: addresses past the end of the array never fault, and the
+// values read do not change.
+constexpr int64_t kPrefetchAheadBytes = 4096;
+
+GN_INLINE void prefetch_line(uintptr_t address) { __builtin_prefetch(reinterpret_cast<const void*>(address), 0, 2); }
+
+// The lines of [p, p + kBytes), kPrefetchAheadBytes ahead (a sequential loop's next data).
+template <int64_t kBytes>
+GN_INLINE void prefetch_ahead(const void* p) {
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(p) + kPrefetchAheadBytes;
+  for (int64_t off = 0; off < kBytes; off += kLineBytes) prefetch_line(ahead + off);
+}
+
+// The lines of the block of `block_bytes` that starts kPrefetchAheadBytes after the one
+// following `block` (a four-row loop's block after next).
+GN_INLINE void prefetch_block_ahead(const void* block, int64_t block_bytes) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(block) + block_bytes + kPrefetchAheadBytes;
+  for (uintptr_t p = begin & ~uintptr_t(kLineBytes - 1); p < begin + block_bytes; p += kLineBytes) prefetch_line(p);
+}
+
 template <typename T>
 GN_INLINE reduce_t sum_impl(const T* x, int64_t n) {
   vd8 acc0 = {}, acc1 = {};
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
+    prefetch_ahead<16 * sizeof(T)>(x + i);
     acc0 += load8(x + i);
     acc1 += load8(x + i + 8);
   }
@@ -191,6 +226,7 @@ GN_INLINE void moments_impl(const T* x, int64_t n, reduce_t* mean_out, reduce_t*
     vf16 s0 = {}, s1 = {}, lo = first - vf16{}, hi = lo;
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
+      prefetch_ahead<32 * sizeof(T)>(x + i);
       const vf16 a = load16f(x + i), b = load16f(x + i + 16);
       s0 += a;
       s1 += b;
@@ -253,8 +289,6 @@ GN_INLINE void moments_impl(const T* x, int64_t n, reduce_t* mean_out, reduce_t*
 // the writes (a 64 MiB float apply on 2 cores: 6 ms with plain stores, 2.5 ms streamed;
 // staging 4 KiB pieces in L1 first measured 3.2-3.4 ms). SSE2 stores, so every clone can
 // inline them (512-bit ones measured the same). The bytes are the plain path's.
-constexpr int64_t kLineBytes = 64;
-
 // compute(out, begin, len) writes output elements [begin, begin + len) to out[0..len),
 // called for consecutive ranges in order.
 template <typename T, typename F>
@@ -320,24 +354,6 @@ GN_INLINE void normalize_rows_impl(const T* x, T* y, int64_t rows, int64_t C, co
                                    const acc_t* scale, const acc_t* bias) {
   for (int64_t r = 0; r < rows; ++r, x += C, y += C) {
     for (int64_t i = 0; i < C; ++i) y[i] = static_cast<T>((load<acc_t>(x + i) - mean[i]) * scale[i] + bias[i]);
-  }
-}
-
-// Software prefetch for the four-row loops below (when the caller asks: see
-// software_prefetch_pays in schedule.h). They read four rows at once, four streams a row
-// apart, which the hardware prefetchers of this project's machines (Xeon, 2 MiB L2, 260
-// MiB L3) follow badly: over 105 MB a channels_last statistics pass ran at 8-14 GB/s against
-// 20-40 GB/s for a sequential sum of the same array. Asking for the lines of the block that
-// starts kPrefetchAheadBytes after the next one, into L2, restores 22-30 GB/s (C = 64..640).
-// On data already near (a few MB) the extra instructions cost up to 10% for long rows, so
-// small passes go without. Prefetches are hints: addresses past the end of the array never
-// fault, and the values read do not change.
-constexpr int64_t kPrefetchAheadBytes = 4096;
-
-GN_INLINE void prefetch_block_ahead(const void* block, int64_t block_bytes) {
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(block) + block_bytes + kPrefetchAheadBytes;
-  for (uintptr_t p = begin & ~uintptr_t(kLineBytes - 1); p < begin + block_bytes; p += kLineBytes) {
-    __builtin_prefetch(reinterpret_cast<const void*>(p), 0, 2);
   }
 }
 
