@@ -14,19 +14,35 @@
 namespace groupnorm_ext {
 namespace cpu {
 
+// Cache sizes as the OS reports them (sysconf, read once), or a stand-in where it does not:
+// L2 per core, 1 MiB; the last-level cache, 0 (callers say what unknown means to them).
+inline int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+    int64_t b = 0;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return b > 0 ? b : int64_t(1) << 20;
+  }();
+  return bytes;
+}
+
+inline int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
+    int64_t b = 0;
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+    b = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    return b > 0 ? b : int64_t(0);
+  }();
+  return bytes;
+}
+
 // Bytes of a slab that one thread can re-read from cache: its L2, or its share of a
 // shared last-level cache (half of it, leaving room for the other threads' streams).
 inline int64_t fuse_budget_bytes() {
-  int64_t l2 = 0, l3 = 0;
-#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE)
-  static const int64_t l2_bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
-  static const int64_t l3_bytes = sysconf(_SC_LEVEL3_CACHE_SIZE);
-  l2 = l2_bytes;
-  l3 = l3_bytes;
-#endif
-  if (l2 <= 0) l2 = 1 << 20;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  return std::max<int64_t>(l2, l3 > 0 ? l3 / (2 * threads) : 0);
+  return std::max<int64_t>(l2_cache_bytes(), last_level_cache_bytes() / (2 * threads));
 }
 
 // Whether an elementwise pass whose input and output together take `footprint_bytes`
@@ -53,11 +69,7 @@ inline bool streaming_stores_pay(int64_t footprint_bytes) {
     return v == "0" ? 0 : v == "1" ? 1 : -1;
   }();
   if (mode >= 0) return mode == 1;
-  int64_t llc = 0;
-#if defined(_SC_LEVEL3_CACHE_SIZE)
-  static const int64_t l3_bytes = sysconf(_SC_LEVEL3_CACHE_SIZE);
-  llc = l3_bytes;
-#endif
+  int64_t llc = last_level_cache_bytes();
   if (llc <= 0) llc = int64_t(128) << 20;  // not reported: assume a server's
   return footprint_bytes >= llc / 8;
 }
@@ -69,13 +81,7 @@ inline bool streaming_stores_pay(int64_t footprint_bytes) {
 // channels_last_3d forward: 9.5-11.8 -> 5.7-7.5 ms); on a few MB already near, it cost up to
 // 10% for long rows (C = 640).
 inline bool software_prefetch_pays(int64_t bytes) {
-  int64_t l2 = 0;
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-  static const int64_t l2_bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
-  l2 = l2_bytes;
-#endif
-  if (l2 <= 0) l2 = 1 << 20;
-  return bytes >= 4 * l2 * std::max<int64_t>(1, at::get_num_threads());
+  return bytes >= 4 * l2_cache_bytes() * std::max<int64_t>(1, at::get_num_threads());
 }
 
 // Whether `tasks` equal tasks keep every thread busy (few idle thread-slots at the end).
