@@ -14,27 +14,25 @@
 namespace groupnorm_ext {
 namespace cpu {
 
-// Cache sizes as the OS reports them (sysconf, read once), or a stand-in where it does not:
-// L2 per core, 1 MiB; the last-level cache, 0 (callers say what unknown means to them).
-inline int64_t l2_cache_bytes() {
-  static const int64_t bytes = [] {
-    int64_t b = 0;
-#if defined(_SC_LEVEL2_CACHE_SIZE)
-    b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+// Cache sizes as the OS reports them (sysconf, read once; 0 where it does not).
+#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE)
+inline int64_t reported_cache_bytes(int level) {
+  const long bytes = sysconf(level == 2 ? _SC_LEVEL2_CACHE_SIZE : _SC_LEVEL3_CACHE_SIZE);
+  return bytes > 0 ? bytes : 0;
+}
+#else
+inline int64_t reported_cache_bytes(int) { return 0; }
 #endif
-    return b > 0 ? b : int64_t(1) << 20;
-  }();
-  return bytes;
+
+// L2 per core; 1 MiB where not reported.
+inline int64_t l2_cache_bytes() {
+  static const int64_t bytes = reported_cache_bytes(2);
+  return bytes > 0 ? bytes : int64_t(1) << 20;
 }
 
+// The last-level cache; 0 where not reported (callers say what that means to them).
 inline int64_t last_level_cache_bytes() {
-  static const int64_t bytes = [] {
-    int64_t b = 0;
-#if defined(_SC_LEVEL3_CACHE_SIZE)
-    b = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-    return b > 0 ? b : int64_t(0);
-  }();
+  static const int64_t bytes = reported_cache_bytes(3);
   return bytes;
 }
 
