@@ -72,7 +72,8 @@ struct Forward {
   // Moments of chunk k of every group of sample n, NSC: rows of C channels reduced with
   // per-channel accumulators (vectorized along C), in one pass: sums of d = x - shift with
   // each group's shift its first element in the chunk's first row (the shifted-data
-  // algorithm, see moments_from_deviations; sums in double, see loop_sum_dev_rows). Writes out[g * stride] for each g.
+  // algorithm, see moments_from_deviations; sums in double, see loop_sum_dev_rows).
+  // Writes out[g * stride] for each g.
   void chunk_moments_nsc(int64_t n, int64_t k, std::vector<reduce_t>& channel_acc,
                          std::vector<reduce_t>& channel_shift, Stats* out, int64_t stride) const {
     const int64_t C = sh.C, G = sh.groups;
