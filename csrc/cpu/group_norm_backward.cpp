@@ -47,7 +47,10 @@ struct Backward {
   bool stream;          // write dx with streaming stores (cpu::streaming_stores_pay)
   bool prefetch;        // prefetch NSC rows in software (cpu::software_prefetch_pays)
 
-  int64_t D() const { return sh.channels_per_group(); }
+  // Channels per group, divided out once (see Forward::group_channels).
+  const int64_t group_channels = sh.channels_per_group();
+
+  int64_t D() const { return group_channels; }
   // NSC: row chunks as the forward's (per sample, independent of N), at most kMaxRowChunks a
   // sample: each chunk's partial is a row of C sums, and their memory must stay far below
   // the tensor's.
@@ -57,10 +60,12 @@ struct Backward {
     return p.num_chunks <= kMaxRowChunks ? p : make_chunk_plan(sh.S, sh.C, kMaxRowChunks);
   }
 
-  // NCS: sums of channel c of sample n over spatial chunk k.
-  void chunk_sums_ncs(const ChunkPlan& p, int64_t n, int64_t c, int64_t k, reduce_t* s_dy, reduce_t* s_dy_xc) const {
-    const int64_t s0 = p.begin(k), off = sh.offset(n, c, s0);
-    cpu::loop_grad_sums(dy + off, x + off, p.end(k, sh.S) - s0, mean[n * sh.groups + c / D()], s_dy, s_dy_xc);
+  // NCS: sums of row nc = n * C + c over spatial chunk k; the row's group is nc / D, as
+  // C = G * D.
+  void chunk_sums_ncs(const ChunkPlan& p, int64_t nc, acc_t group_mean, int64_t k, reduce_t* s_dy,
+                      reduce_t* s_dy_xc) const {
+    const int64_t s0 = p.begin(k), off = nc * sh.S + s0;
+    cpu::loop_grad_sums(dy + off, x + off, p.end(k, sh.S) - s0, group_mean, s_dy, s_dy_xc);
   }
 
   // NSC: per-channel sums of sample n over rows of chunk k, into part_dy[0..C), part_dy_xc[0..C).
@@ -74,7 +79,9 @@ struct Backward {
   }
 
   void channel_means(int64_t n, reduce_t* channel_mean) const {
-    for (int64_t c = 0; c < sh.C; ++c) channel_mean[c] = mean[n * sh.groups + c / D()];
+    for (int64_t g = 0, c = 0; g < sh.groups; ++g) {
+      for (const int64_t end = c + D(); c < end; ++c) channel_mean[c] = mean[n * sh.groups + g];
+    }
   }
 
   // Coefficients of dx = a * dy + xhat * kxhat + kc for the channels of slab (n, g),
@@ -103,13 +110,16 @@ struct Backward {
   }
 
   // dx for elements [i0, i1) of an NCS tensor; coeffs hold one column per (n, c).
+  // Divides once per range, then steps along rows (see Forward::apply_ncs).
   void grad_input_ncs(int64_t i0, int64_t i1, const acc_t* coeffs, int64_t ld, int64_t row0) const {
-    for (int64_t i = i0; i < i1;) {
-      const int64_t row = i / sh.S, s = i % sh.S, len = std::min(sh.S - s, i1 - i);
-      const int64_t j = row - row0;
+    const int64_t first_row = i0 / sh.S;
+    int64_t s = i0 - first_row * sh.S;
+    for (int64_t i = i0, j = first_row - row0; i < i1; ++j) {
+      const int64_t len = std::min(sh.S - s, i1 - i);
       cpu::loop_grad_input(dy + i, x + i, dx + i, len, coeffs[j], coeffs[ld + j], coeffs[2 * ld + j],
                            coeffs[3 * ld + j], coeffs[4 * ld + j], stream);
       i += len;
+      s = 0;
     }
   }
 
@@ -133,7 +143,9 @@ struct Backward {
     if (ncs) {
       std::vector<reduce_t> part(2 * N * C * K);  // (n * C + c) * K + k, then the same for dy * xc
       at::parallel_for(0, N * C * K, cpu::grain_for(2 * p.chunk_len), [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) chunk_sums_ncs(p, t / K / C, t / K % C, t % K, &part[t], &part[N * C * K + t]);
+        for (int64_t t = begin; t < end; ++t) {
+          chunk_sums_ncs(p, t / K, mean[t / K / D()], t % K, &part[t], &part[N * C * K + t]);
+        }
       });
       for (int64_t nc = 0; nc < N * C; ++nc) {
         reduce_t a = 0, b = 0;
@@ -192,13 +204,12 @@ struct Backward {
     const int64_t K = p.num_chunks, G = sh.groups, C = sh.C;
     at::parallel_for(0, sh.N * G, cpu::grain_for(2 * D() * sh.S), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> coeffs(5 * D());
-      for (int64_t ng = begin; ng < end; ++ng) {
-        const int64_t n = ng / G, g = ng % G;
+      for (int64_t ng = begin, n = begin / G, g = begin % G; ng < end; ++ng) {
         for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
           reduce_t a = 0, b = 0;
           for (int64_t k = 0; k < K; ++k) {
             reduce_t pa, pb;
-            chunk_sums_ncs(p, n, c, k, &pa, &pb);
+            chunk_sums_ncs(p, n * C + c, mean[ng], k, &pa, &pb);
             a += pa;
             b += pb;
           }
@@ -211,6 +222,10 @@ struct Backward {
         cpu::for_blocks_reversed(first, first + D() * sh.S, kApplyGrainElems, [&](int64_t b, int64_t e) {
           grad_input_ncs(b, e, coeffs.data(), D(), n * C + g * D());
         });
+        if (++g == G) {
+          g = 0;
+          ++n;
+        }
       }
     });
   }
@@ -292,9 +307,12 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
     AT_DISPATCH_FLOATING_TYPES(bp.rstd.scalar_type(), "group_norm_backward_cpu_params", [&] {
       const scalar_t* r = bp.rstd.const_data_ptr<scalar_t>();
       for (int64_t n = 0; n < N; ++n) {
-        for (int64_t c = 0; c < C; ++c) {
-          gw[c] += s_dy_xc[n * C + c] * static_cast<reduce_t>(r[n * sh.groups + c / D]);
-          gb[c] += s_dy[n * C + c];
+        for (int64_t g = 0, c = 0; g < sh.groups; ++g) {
+          const reduce_t r_ng = static_cast<reduce_t>(r[n * sh.groups + g]);
+          for (const int64_t end = c + D; c < end; ++c) {
+            gw[c] += s_dy_xc[n * C + c] * r_ng;
+            gb[c] += s_dy[n * C + c];
+          }
         }
       }
     });
