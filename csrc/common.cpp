@@ -35,9 +35,39 @@ std::vector<int64_t> channels_last_permutation(int64_t dim) {
 }
 
 // Whether `t` is dense with channels innermost (channels_last, channels_last_3d, or the
-// same order for any other rank).
+// same order for any other rank): whether t.permute(channels_last_permutation) is
+// contiguous, by is_contiguous's rule (dims of size 1 have any stride; an empty tensor is
+// dense), read off the strides without building the view, which costs more than a small
+// tensor's whole normalization.
 bool is_channels_innermost_dense(const Tensor& t) {
-  return t.dim() >= 3 && t.permute(channels_last_permutation(t.dim())).is_contiguous();
+  if (t.dim() < 3) return false;
+  if (t.numel() == 0) return true;
+  const auto perm = channels_last_permutation(t.dim());
+  int64_t expected = 1;
+  for (auto d = perm.rbegin(); d != perm.rend(); ++d) {
+    const int64_t size = t.size(*d);
+    if (size == 1) continue;
+    if (t.stride(*d) != expected) return false;
+    expected *= size;
+  }
+  return true;
+}
+
+// Strides of a tensor of `sizes` dense in MemoryOrder `order`: contiguous strides of the
+// dims in order (0, 2, ..., dim-1, 1) for NSC, as torch computes them (a dim of size 0 or 1
+// counts as 1).
+std::vector<int64_t> dense_strides(at::IntArrayRef sizes, MemoryOrder order) {
+  const int64_t dim = static_cast<int64_t>(sizes.size());
+  std::vector<int64_t> perm(dim);
+  for (int64_t d = 0; d < dim; ++d) perm[d] = d;
+  if (order == MemoryOrder::NSC) perm = channels_last_permutation(dim);
+  std::vector<int64_t> strides(dim);
+  int64_t stride = 1;
+  for (int64_t i = dim - 1; i >= 0; --i) {
+    strides[perm[i]] = stride;
+    stride *= std::max<int64_t>(sizes[perm[i]], 1);
+  }
+  return strides;
 }
 
 // `t` (a tensor shaped like the input) made dense in `order`, copying only when needed.
@@ -91,6 +121,15 @@ ForwardProblem check_forward(const char* op, const Tensor& input, int64_t num_gr
               " to be divisible by num_groups=", num_groups, ", but got input of shape ",
               input.sizes());
 
+  // As torch's native_group_norm: no channels, or no element per (n, c), is an error even
+  // for an empty batch (an empty batch of non-empty samples is fine).
+  TORCH_CHECK(C > 0, op, ": expected the number of channels to be greater than 0, but got input of shape ",
+              input.sizes());
+  int64_t S = 1;
+  for (int64_t d = 2; d < input.dim(); ++d) S *= input.size(d);
+  TORCH_CHECK(S > 0, op, ": expected a non-empty spatial size (the product of the dimensions after C), but got ",
+              "input of shape ", input.sizes());
+
   ForwardProblem p;
   p.activation = parse_activation(op, activation);
   p.weight = check_param(op, "weight", weight, input);
@@ -107,9 +146,6 @@ ForwardProblem check_forward(const char* op, const Tensor& input, int64_t num_gr
                                 ? MemoryOrder::NSC
                                 : MemoryOrder::NCS;
   p.input = dense_in_order(input, order);
-
-  int64_t S = 1;
-  for (int64_t d = 2; d < input.dim(); ++d) S *= input.size(d);
   p.shape = GroupNormShape{input.size(0), C, S, num_groups, order};
   return p;
 }
@@ -147,19 +183,11 @@ BackwardProblem check_backward(const char* op, const Tensor& grad_out, const Ten
 }
 
 Tensor empty_in_order(const Tensor& like, MemoryOrder order, at::ScalarType dtype) {
-  const auto opts = like.options().dtype(dtype).memory_format(c10::nullopt);
-  // Large CPU outputs come from the output pool (cpu/output_pool.h); the rest from at::empty.
-  const auto empty = [&](at::IntArrayRef sizes) {
-    return like.is_cpu() ? cpu::empty_output(sizes, dtype) : at::empty(sizes, opts);
-  };
-  if (order == MemoryOrder::NCS) return empty(like.sizes());
-  const auto perm = channels_last_permutation(like.dim());
-  std::vector<int64_t> permuted_sizes, inverse(perm.size());
-  for (size_t i = 0; i < perm.size(); ++i) {
-    permuted_sizes.push_back(like.size(perm[i]));
-    inverse[perm[i]] = static_cast<int64_t>(i);
-  }
-  return empty(permuted_sizes).permute(inverse);
+  // Large CPU outputs come from the output pool (cpu/output_pool.h); the rest from
+  // at::empty_strided.
+  const std::vector<int64_t> strides = dense_strides(like.sizes(), order);
+  if (like.is_cpu()) return cpu::empty_output(like.sizes(), strides, dtype);
+  return at::empty_strided(like.sizes(), strides, like.options().dtype(dtype).memory_format(c10::nullopt));
 }
 
 ForwardResult allocate_forward_outputs(const ForwardProblem& p, const Tensor& input) {

@@ -25,8 +25,25 @@ def group_norm(
     """
     if not torch.jit.is_scripting():
         num_groups, eps = _check_argument_types(input, num_groups, weight, bias, eps, activation)
+    _check_more_than_one_value_per_group(input, num_groups)
     act = "identity" if activation is None else activation
     return torch.ops.groupnorm_ext.group_norm(input, num_groups, weight, bias, eps, act)
+
+
+def _check_more_than_one_value_per_group(input: Tensor, num_groups: int) -> None:
+    """ValueError where torch.nn.functional.group_norm raises one (its _verify_batch_size): when
+    N * (C // num_groups) * (spatial size), the values that share one group's statistics, is 1.
+    Everything else (rank, C % num_groups, num_groups <= 0) the op checks."""
+    # 1 needs N = S = C // num_groups = 1, so numel = C < 2 * num_groups: one comparison
+    # on every other call.
+    if input.numel() >= 2 * num_groups or input.dim() < 2 or num_groups <= 0:
+        return
+    values = input.size(0) * (input.size(1) // num_groups)
+    for d in range(2, input.dim()):
+        values *= input.size(d)
+    if values == 1:
+        size = [input.size(0) * input.size(1) // num_groups, num_groups] + list(input.size()[2:])
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
 
 
 def _check_argument_types(input, num_groups, weight, bias, eps, activation):

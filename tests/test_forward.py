@@ -113,6 +113,22 @@ def test_output_keeps_memory_format(shape, layout, dtype):
         assert_memory_format_preserved(out, x)
 
 
+@pytest.mark.parametrize("shape,layout", [
+    ((2, 6, 5, 3), "contiguous"), ((2, 6, 5, 3), "channels_last"), ((2, 6, 1, 1), "channels_last"),
+    ((2, 6, 1, 4), "channels_last"), ((1, 6, 4, 1), "channels_last"), ((1, 8, 3, 4, 5), "channels_last_3d"),
+    ((2, 8, 1, 2, 1), "channels_last_3d"), ((0, 6, 5, 3), "channels_last"),
+], ids=lambda v: shape_id(v) if isinstance(v, tuple) else None)
+def test_output_strides_are_torchs(shape, layout):
+    """The strides themselves, size-1 and size-0 dims included, are those of torch's output, for the
+    output and for grad_input (ours are computed, not taken from a permuted view)."""
+    x = make_input(shape, torch.float32, layout, seed=63).requires_grad_()
+    w, b = make_affine(shape[1], torch.float32, seed=64)
+    ours, theirs = groupnorm_ext.group_norm(x, 2, w, b), F.group_norm(x, 2, w, b)
+    assert ours.stride() == theirs.stride()
+    dy = torch.randn_like(theirs)
+    assert torch.autograd.grad(ours, x, dy)[0].stride() == torch.autograd.grad(theirs, x, dy)[0].stride()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,layout", [
     ((0, 6), "contiguous"), ((0, 6, 5), "contiguous"), ((0, 6, 5, 3), "contiguous"),

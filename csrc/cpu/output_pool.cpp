@@ -198,16 +198,16 @@ class OutputPool final : public c10::Allocator {
 
 }  // namespace
 
-at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype) {
+at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides, at::ScalarType dtype) {
 #ifdef GN_OUTPUT_POOL
   int64_t numel = 1;
   for (const int64_t s : sizes) numel *= s;
   if (pool_enabled() && numel * static_cast<int64_t>(c10::elementSize(dtype)) >= kPooledOutputMinBytes) {
-    return at::detail::empty_generic(sizes, &OutputPool::get(), c10::DispatchKeySet(c10::DispatchKey::CPU), dtype,
-                                     c10::MemoryFormat::Contiguous);
+    return at::detail::empty_strided_generic(sizes, strides, &OutputPool::get(),
+                                             c10::DispatchKeySet(c10::DispatchKey::CPU), dtype);
   }
 #endif
-  return at::empty(sizes, at::TensorOptions().dtype(dtype).device(at::kCPU));
+  return at::empty_strided(sizes, strides, at::TensorOptions().dtype(dtype).device(at::kCPU));
 }
 
 int64_t release_cached_outputs() {

@@ -33,9 +33,10 @@ namespace cpu {
 // Outputs at least this large come from the pool (in 2 MiB units; huge pages from 32 MiB).
 constexpr int64_t kPooledOutputMinBytes = int64_t(2) << 20;
 
-// An uninitialized contiguous CPU tensor of `sizes` and `dtype`: from the pool when its bytes
-// reach kPooledOutputMinBytes and the pool is on, else at::empty.
-at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype);
+// An uninitialized CPU tensor of `sizes`, dense `strides` (a permutation of a contiguous
+// layout) and `dtype`: from the pool when its bytes reach kPooledOutputMinBytes and the pool
+// is on, else at::empty_strided.
+at::Tensor empty_output(at::IntArrayRef sizes, at::IntArrayRef strides, at::ScalarType dtype);
 
 // Unmaps every cached buffer; returns how many bytes that released.
 int64_t release_cached_outputs();
