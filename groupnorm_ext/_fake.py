@@ -55,6 +55,15 @@ def _check(input, num_groups, weight=None, bias=None) -> None:
     torch._check(input.shape[1] % num_groups == 0, lambda: (
         f"group_norm: expected the number of channels C={input.shape[1]} to be divisible by "
         f"num_groups={num_groups}"))
+    torch._check(input.shape[1] > 0, lambda: (
+        f"group_norm: expected the number of channels to be greater than 0, but got input of shape "
+        f"{list(input.shape)}"))
+    spatial = 1
+    for size in input.shape[2:]:
+        spatial = spatial * size
+    torch._check(spatial > 0, lambda: (
+        f"group_norm: expected a non-empty spatial size (the product of the dimensions after C), but got "
+        f"input of shape {list(input.shape)}"))
     _check_param("weight", weight, input)
     _check_param("bias", bias, input)
 
