@@ -4,6 +4,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 SUPPORTED_ACTIVATIONS = ("identity",)
 
@@ -24,6 +25,12 @@ def group_norm(
     ``activation`` (``None`` or ``"identity"``). Differentiable; scriptable.
     """
     if not torch.jit.is_scripting():
+        # Tensor-likes (torch.fx proxies, tensor subclasses, __torch_function__ modes) take
+        # over first, as they do for torch.nn.functional.group_norm: symbolic_trace then records
+        # this function as one node.
+        if has_torch_function_variadic(input, weight, bias):
+            return handle_torch_function(group_norm, (input, weight, bias), input, num_groups, weight=weight,
+                                         bias=bias, eps=eps, activation=activation)
         num_groups, eps = _check_argument_types(input, num_groups, weight, bias, eps, activation)
     _check_more_than_one_value_per_group(input, num_groups)
     act = "identity" if activation is None else activation

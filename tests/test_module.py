@@ -152,3 +152,46 @@ def test_channels_not_divisible_by_groups_raises_value_error(G, C):
         groupnorm_ext.GroupNorm(G, C)
     with pytest.raises(ValueError):  # the same contract as torch
         torch.nn.GroupNorm(G, C)
+
+
+def test_fx_symbolic_trace_records_one_group_norm_node():
+    """torch.fx.symbolic_trace (used by quantization and graph-rewriting tools) goes through the
+    module into the functional API, which hands the proxies to __torch_function__ as
+    torch.nn.functional.group_norm does: one call_function node, same outputs and gradients."""
+    import torch.fx
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), groupnorm_ext.GroupNorm(2, 8), torch.nn.SiLU())
+    traced = torch.fx.symbolic_trace(model)
+    targets = [n.target for n in traced.graph.nodes if n.op == "call_function"]
+    assert targets == [groupnorm_ext.group_norm]
+    x = make_input((2, 4, 9, 9), torch.float32, seed=71).requires_grad_()
+    y_traced, y = traced(x), model(x)
+    torch.testing.assert_close(y_traced, y, rtol=0, atol=0)
+    dy = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y_traced, x, dy)[0], torch.autograd.grad(y, x, dy)[0],
+                               rtol=0, atol=0)
+
+
+def test_tensor_subclasses_and_torch_function_modes_see_the_call():
+    from torch.overrides import TorchFunctionMode
+
+    class Tagged(torch.Tensor):
+        pass
+
+    x = make_input((2, 8, 5), torch.float32, seed=72)
+    out = groupnorm_ext.group_norm(x.as_subclass(Tagged), 2)
+    assert type(out) is Tagged
+    torch.testing.assert_close(out.as_subclass(torch.Tensor), torch.nn.functional.group_norm(x, 2))
+
+    class Record(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.funcs = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.funcs.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Record() as mode:
+        groupnorm_ext.GroupNorm(2, 8)(x)
+    assert groupnorm_ext.group_norm in mode.funcs
