@@ -6,6 +6,7 @@
 // Double backward: when the backward itself is being differentiated (create_graph=True)
 // it is computed from differentiable ATen ops instead of the fused kernel.
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -114,8 +115,27 @@ class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
 
 bool requires_grad(const OptionalTensor& t) { return t.has_value() && t->defined() && t->requires_grad(); }
 
+// A tangent at the (single) forward-AD level, as torch's generated code checks.
+bool has_tangent(const OptionalTensor& t) { return t.has_value() && t->defined() && t->_fw_grad(0).defined(); }
+
+// torch.func transforms (grad, vjp, jacrev, jvp, hessian, vmap...) and forward-mode AD cannot go
+// through a C++ autograd::Function: torch raises for the transforms, and the Function has no
+// forward derivative (a dual input's tangent would be dropped). There the op is ATen's
+// group_norm, whose derivatives of every order and mode, and vmap rule, torch implements: the
+// same normalization, to rounding.
+// (A transform in progress keeps FuncTorchDynamicLayerFrontMode in the thread's included keys.)
+bool needs_aten_derivatives(const Tensor& input, const OptionalTensor& weight, const OptionalTensor& bias) {
+  return c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode) ||
+         has_tangent(input) || has_tangent(weight) || has_tangent(bias);
+}
+
 Tensor group_norm_autograd(const Tensor& input, int64_t num_groups, const OptionalTensor& weight,
                            const OptionalTensor& bias, double eps, std::string_view activation) {
+  if (needs_aten_derivatives(input, weight, bias)) {
+    TORCH_CHECK(activation == "identity", "group_norm: torch.func transforms and forward-mode AD are not "
+                "implemented for activation '", std::string(activation), "'");
+    return at::group_norm(input, num_groups, weight, bias, eps, /*cudnn_enabled=*/true);
+  }
   if (at::GradMode::is_enabled() && (input.requires_grad() || requires_grad(weight) || requires_grad(bias))) {
     return GroupNormFunction::apply(input, num_groups, weight, bias, eps, activation);
   }
