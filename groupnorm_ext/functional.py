@@ -1,5 +1,6 @@
 """Functional API: ``group_norm``, with torch.nn.functional.group_norm's argument order."""
 import operator
+import warnings
 from typing import Optional
 
 import torch
@@ -7,6 +8,12 @@ from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 SUPPORTED_ACTIVATIONS = ("identity",)
+
+# torch.jit.trace records the sizes the checks below read as tensors and warns when one becomes a
+# bool; the trace keeps the check's outcome as a constant, which is right for a shape check. The
+# warnings are silenced for this module as torch silences them for its own
+# (TracerWarning.ignore_lib_warnings).
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"groupnorm_ext\.functional")
 
 
 def group_norm(
@@ -41,9 +48,9 @@ def _check_more_than_one_value_per_group(input: Tensor, num_groups: int) -> None
     """ValueError where torch.nn.functional.group_norm raises one (its _verify_batch_size): when
     N * (C // num_groups) * (spatial size), the values that share one group's statistics, is 1.
     Everything else (rank, C % num_groups, num_groups <= 0) the op checks."""
-    # 1 needs N = S = C // num_groups = 1, so numel = C < 2 * num_groups: one comparison
-    # on every other call.
-    if input.numel() >= 2 * num_groups or input.dim() < 2 or num_groups <= 0:
+    # 1 needs N = 1 and C // num_groups = 1 (C < 2 * num_groups), which two comparisons rule
+    # out on every other call.
+    if input.dim() < 2 or num_groups <= 0 or input.size(0) != 1 or input.size(1) >= 2 * num_groups:
         return
     values = input.size(0) * (input.size(1) // num_groups)
     for d in range(2, input.dim()):
