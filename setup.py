@@ -124,7 +124,8 @@ def build_extensions():
 
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) +
                      glob.glob(os.path.join("csrc", "cpu", "*.cpp")) +
-                     glob.glob(os.path.join("csrc", "autograd", "*.cpp")))
+                     glob.glob(os.path.join("csrc", "autograd", "*.cpp")) +
+                     glob.glob(os.path.join("csrc", "autocast", "*.cpp")))
     python_sources = sorted(glob.glob(os.path.join("csrc", "python", "*.cpp")))
     cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]
     # at::parallel_for is a header template: with an OpenMP build of ATen it is a

@@ -333,3 +333,33 @@ def test_gradcheck_and_gradgradcheck_cuda(layout):
 
     assert torch.autograd.gradcheck(fn, (x, w, b))
     assert torch.autograd.gradgradcheck(fn, (x, w, b))
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_autocast_runs_in_float32_like_torch(amp_dtype, layout):
+    """torch.autocast("cuda"): torch's group_norm is on the float32 list, so its output (and the
+    module's) is float32 whatever the conv before it produced; ours matches dtype and values, and
+    the gradients flowing back to the low-precision activation have torch's dtype too."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1).to(DEVICE)
+    if layout == "channels_last":
+        conv = conv.to(memory_format=torch.channels_last)
+    x = make_input((2, 4, 9, 9), torch.float32, layout, seed=91, device=DEVICE)
+    ours_m, torch_m = groupnorm_ext.GroupNorm(2, 8).to(DEVICE), torch.nn.GroupNorm(2, 8).to(DEVICE)
+    with torch.no_grad():
+        ours_m.weight.uniform_(0.5, 1.5)
+        ours_m.bias.uniform_(-0.5, 0.5)
+    torch_m.load_state_dict(ours_m.state_dict())
+    outs = {}
+    for name, norm in (("ours", ours_m), ("torch", torch_m)):
+        with torch.autocast("cuda", dtype=amp_dtype):
+            h = conv(x).detach().requires_grad_()
+            assert h.dtype == amp_dtype
+            y = norm(h)
+            f = groupnorm_ext.group_norm(h, 2) if name == "ours" else torch.nn.functional.group_norm(h, 2)
+        (dh,) = torch.autograd.grad((y.float() * 1.5).sum() + f.float().sum(), h)
+        outs[name] = (y, f, dh)
+    for i, (o, t) in enumerate(zip(outs["ours"], outs["torch"])):
+        assert o.dtype == t.dtype, (o.dtype, t.dtype)
+        torch.testing.assert_close(o, t, **tol(o.dtype, grad=i == 2))

@@ -195,3 +195,16 @@ def test_tensor_subclasses_and_torch_function_modes_see_the_call():
     with Record() as mode:
         groupnorm_ext.GroupNorm(2, 8)(x)
     assert groupnorm_ext.group_norm in mode.funcs
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+def test_cpu_autocast_keeps_torchs_dtypes(input_dtype):
+    """torch.autocast("cpu") leaves group_norm off its lists: output in the input's dtype, for the
+    module and the functional, as torch.nn.GroupNorm."""
+    x = make_input((2, 8, 5, 5), input_dtype, seed=93)
+    ours, theirs = groupnorm_ext.GroupNorm(2, 8), torch.nn.GroupNorm(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = [ours(x), theirs(x), groupnorm_ext.group_norm(x, 4), torch.nn.functional.group_norm(x, 4)]
+    assert outs[0].dtype == outs[1].dtype == input_dtype
+    assert outs[2].dtype == outs[3].dtype == input_dtype
+    torch.testing.assert_close(outs[0], outs[1], **tol(input_dtype))
