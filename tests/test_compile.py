@@ -77,3 +77,23 @@ def test_aot_eager_fullgraph_ops_channels_last_and_no_affine():
     g_exp = torch.autograd.grad(expected[0] + expected[1], (x, w, b), gy)
     for g, e in zip(g_got, g_exp):
         torch.testing.assert_close(g, e, **tol(torch.float32, grad=True))
+
+
+def test_export_with_dynamic_shapes_keeps_the_op(tmp_path):
+    """torch.export with dynamic batch and spatial sizes: the graph holds groupnorm_ext.group_norm
+    (not a decomposition), and the exported program, also after save / load, matches eager on
+    shapes it was not traced with, contiguous and channels_last."""
+    from torch.export import Dim, export
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), groupnorm_ext.GroupNorm(4, 8))
+    x = make_input((2, 3, 9, 9), seed=95)
+    ep = export(model, (x,), dynamic_shapes=({0: Dim("batch"), 2: Dim("h", min=2), 3: Dim("w", min=2)},))
+    targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
+    assert "groupnorm_ext.group_norm.default" in targets, targets
+    path = tmp_path / "model.pt2"
+    torch.export.save(ep, str(path))
+    loaded = torch.export.load(str(path)).module()
+    for shape, layout in (((3, 3, 12, 7), "contiguous"), ((1, 3, 5, 16), "channels_last")):
+        other = make_input(shape, seed=96, layout=layout)
+        torch.testing.assert_close(loaded(other), model(other), **tol(torch.float32))
