@@ -82,3 +82,45 @@ def test_plain_autograd_keeps_our_kernels():
     x, w, b = _data((2, 4, 5), "contiguous", True)
     y = groupnorm_ext.group_norm(x.requires_grad_(), G, w, b)
     assert "GroupNormFunction" in y.grad_fn.name()
+
+
+def test_eager_entry_is_the_dispatched_op():
+    """The functional API's eager call (_C._group_norm, the typed dispatcher entry) is the same op as
+    torch.ops.groupnorm_ext.group_norm for everything below Python: a TorchDispatchMode sees the same
+    calls, FakeTensorMode gives the same fake output, the profiler names the op, and results and
+    gradients are bitwise equal."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, w, b = _data((2, 4, 3, 3), "channels_last", True)
+    via_ops = lambda x_: torch.ops.groupnorm_ext.group_norm(x_, G, w, b, 1e-5, "identity")  # noqa: E731
+    via_api = lambda x_: groupnorm_ext.group_norm(x_, G, w, b, 1e-5)  # noqa: E731
+    logs = []
+    for f in (via_api, via_ops):
+        with Log() as mode:
+            f(x)
+        logs.append(mode.ops)
+    assert logs[0] == logs[1] and any("groupnorm_ext" in op for op in logs[0]), logs
+    with FakeTensorMode():
+        fake_x = torch.empty(2, 4, 3, 3, dtype=torch.float64).to(memory_format=torch.channels_last)
+        fake_w, fake_b = torch.empty(4, dtype=torch.float64), torch.empty(4, dtype=torch.float64)
+        fakes = [groupnorm_ext.group_norm(fake_x, G, fake_w, fake_b),
+                 torch.ops.groupnorm_ext.group_norm(fake_x, G, fake_w, fake_b, 1e-5, "identity")]
+    assert fakes[0].shape == fakes[1].shape and fakes[0].stride() == fakes[1].stride()
+    with torch.profiler.profile() as prof:
+        via_api(x)
+    assert "groupnorm_ext::group_norm" in [e.name for e in prof.events()]
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    outs = [f(xi) for f, xi in zip((via_api, via_ops), xs)]
+    assert torch.equal(outs[0], outs[1])
+    dy = torch.randn_like(outs[0])
+    assert torch.equal(torch.autograd.grad(outs[0], xs[0], dy)[0], torch.autograd.grad(outs[1], xs[1], dy)[0])

@@ -21,5 +21,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Unmaps the large CPU output buffers kept for reuse; returns the bytes released.");
   m.def("_cached_output_bytes", &groupnorm_ext::cached_output_bytes,
         "Bytes of free CPU output buffers the pool holds (tests).");
+  // The functional API's eager call (functional.py): the same op through the dispatcher's
+  // typed entry, so every dispatch key (autograd, autocast, functorch, tracing, Python modes)
+  // still applies, without the boxed torch.ops path's Python frame, schema matching and
+  // argument boxing: ~2 us of a ~10 us call on small tensors. The GIL is released around it,
+  // as torch's own bindings release it.
+  m.def(
+      "_group_norm",
+      [](const at::Tensor& input, int64_t num_groups, const std::optional<at::Tensor>& weight,
+         const std::optional<at::Tensor>& bias, double eps, const std::string& activation) {
+        return groupnorm_ext::group_norm(input, num_groups, weight, bias, eps, activation);
+      },
+      pybind11::call_guard<pybind11::gil_scoped_release>(),
+      "torch.ops.groupnorm_ext.group_norm for eager callers that checked the argument types.");
   groupnorm_ext::bind_plan(m);
 }
