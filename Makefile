@@ -4,13 +4,14 @@
 #
 # Variables: PYTHON (interpreter for the venv), VENV (its folder), REQUIREMENTS (pinned
 # list; requirements-cpu.txt gives the CPU-only torch), MAX_JOBS (parallel compile jobs),
-# BENCH_ARGS (extra arguments for bench/bench.py, e.g. --quick).
+# BENCH_ARGS (arguments for bench/bench.py; default --compile, which adds torch.compile's
+# column; BENCH_ARGS=--quick for the short version).
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 REQUIREMENTS ?= requirements.txt
-BENCH_ARGS ?=
+BENCH_ARGS ?= --compile
 export MAX_JOBS ?= 2
 
 PY := $(VENV)/bin/python
