@@ -7,6 +7,7 @@
 #include <string>
 
 #include <ATen/ATen.h>
+#include <torch/version.h>
 
 namespace groupnorm_ext {
 
@@ -21,6 +22,12 @@ at::ScalarType stats_dtype(at::ScalarType input_dtype) {
 }
 
 namespace {
+
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 14)
+constexpr bool kRejectsEmptyChannelsOrSpatial = true;
+#else
+constexpr bool kRejectsEmptyChannelsOrSpatial = false;
+#endif
 
 bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -121,13 +128,14 @@ ForwardProblem check_forward(const char* op, const Tensor& input, int64_t num_gr
               " to be divisible by num_groups=", num_groups, ", but got input of shape ",
               input.sizes());
 
-  // As torch's native_group_norm: no channels, or no element per (n, c), is an error even
-  // for an empty batch (an empty batch of non-empty samples is fine).
-  TORCH_CHECK(C > 0, op, ": expected the number of channels to be greater than 0, but got input of shape ",
+  // As torch's native_group_norm from 2.14 on: no channels, or no element per (n, c), is an
+  // error even for an empty batch (an empty batch of non-empty samples is fine). Earlier
+  // versions return an empty output, and so does this library when built against them.
+  TORCH_CHECK(!kRejectsEmptyChannelsOrSpatial || C > 0, op, ": expected the number of channels to be greater than 0, but got input of shape ",
               input.sizes());
   int64_t S = 1;
   for (int64_t d = 2; d < input.dim(); ++d) S *= input.size(d);
-  TORCH_CHECK(S > 0, op, ": expected a non-empty spatial size (the product of the dimensions after C), but got ",
+  TORCH_CHECK(!kRejectsEmptyChannelsOrSpatial || S > 0, op, ": expected a non-empty spatial size (the product of the dimensions after C), but got ",
               "input of shape ", input.sizes());
 
   ForwardProblem p;

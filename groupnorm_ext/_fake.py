@@ -28,6 +28,10 @@ def _empty_like_layout(input: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
+# torch's group_norm rejects C == 0 and a spatial size of 0 from 2.14 on (csrc/common.cpp follows
+# the torch it is built against, and so do these checks).
+_REJECTS_EMPTY_CHANNELS_OR_SPATIAL = torch.torch_version.TorchVersion(torch.__version__) >= (2, 14)
+
 
 def _check_param(name, param, input):
     if param is None:
@@ -55,15 +59,16 @@ def _check(input, num_groups, weight=None, bias=None) -> None:
     torch._check(input.shape[1] % num_groups == 0, lambda: (
         f"group_norm: expected the number of channels C={input.shape[1]} to be divisible by "
         f"num_groups={num_groups}"))
-    torch._check(input.shape[1] > 0, lambda: (
-        f"group_norm: expected the number of channels to be greater than 0, but got input of shape "
-        f"{list(input.shape)}"))
-    spatial = 1
-    for size in input.shape[2:]:
-        spatial = spatial * size
-    torch._check(spatial > 0, lambda: (
-        f"group_norm: expected a non-empty spatial size (the product of the dimensions after C), but got "
-        f"input of shape {list(input.shape)}"))
+    if _REJECTS_EMPTY_CHANNELS_OR_SPATIAL:
+        torch._check(input.shape[1] > 0, lambda: (
+            f"group_norm: expected the number of channels to be greater than 0, but got input of shape "
+            f"{list(input.shape)}"))
+        spatial = 1
+        for size in input.shape[2:]:
+            spatial = spatial * size
+        torch._check(spatial > 0, lambda: (
+            f"group_norm: expected a non-empty spatial size (the product of the dimensions after C), but got "
+            f"input of shape {list(input.shape)}"))
     _check_param("weight", weight, input)
     _check_param("bias", bias, input)
 
