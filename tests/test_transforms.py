@@ -27,11 +27,10 @@ def _close(ours, theirs):
 
 
 def _flat(result):
-    return [t for r in (result if isinstance(result, (tuple, list)) else (result,)) for t in _flat_one(r)]
-
-
-def _flat_one(r):
-    return _flat(r) if isinstance(r, (tuple, list)) else [r]
+    """The tensors of a (nested) tuple / list result, in order."""
+    if isinstance(result, (tuple, list)):
+        return [t for r in result for t in _flat(r)]
+    return [result]
 
 
 def _same_as_torch(compute, x):
