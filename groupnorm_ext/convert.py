@@ -10,7 +10,8 @@ from .modules import GroupNorm
 def _swap(norm: nn.GroupNorm) -> GroupNorm:
     # built on the meta device (no allocation, no initialisation), then handed the very
     # Parameter objects of `norm` (or None when it has no affine parameters)
-    new = GroupNorm(norm.num_groups, norm.num_channels, norm.eps, norm.affine, device="meta")
+    new = GroupNorm(norm.num_groups, norm.num_channels, norm.eps, norm.affine, device="meta",
+                    bias=norm.bias is not None)
     new.weight = norm.weight
     new.bias = norm.bias
     new.train(norm.training)

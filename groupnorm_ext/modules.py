@@ -9,8 +9,9 @@ from .functional import group_norm
 class GroupNorm(nn.GroupNorm):
     r"""Applies Group Normalization over a mini-batch of inputs (N, C, \*).
 
-    A subclass of :class:`torch.nn.GroupNorm`: the same constructor arguments, attributes,
-    parameter initialisation and state_dict keys, so an ``nn.GroupNorm`` state_dict loads
+    A subclass of :class:`torch.nn.GroupNorm`: the same constructor arguments (``bias=False``
+    keeps the weight and drops the bias, as there), attributes, parameter initialisation, repr and
+    state_dict keys, so an ``nn.GroupNorm`` state_dict loads
     unchanged and code that recognises norms with ``isinstance(m, nn.GroupNorm)`` (weight
     initialisation, weight-decay groups) treats it as one. ``activation`` (``None`` or
     ``"identity"``) names an activation fused after the affine transform.
@@ -28,15 +29,17 @@ class GroupNorm(nn.GroupNorm):
         device=None,
         dtype=None,
         activation: Optional[str] = None,
+        *,
+        bias: bool = True,
     ) -> None:
-        super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
+        super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
         self.activation = activation
 
     def forward(self, input: Tensor) -> Tensor:
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps, self.activation)
 
     def extra_repr(self) -> str:
-        s = "{num_groups}, {num_channels}, eps={eps}, affine={affine}".format(**self.__dict__)
+        s = super().extra_repr()
         if self.activation is not None and self.activation != "identity":
             s += f", activation={self.activation!r}"
         return s

@@ -16,14 +16,15 @@ class Net(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.SiLU())
         self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(8, 16, eps=1e-6))
                                      for _ in range(2)])
-        self.heads = nn.ModuleDict({"plain": nn.GroupNorm(2, 16, affine=False)})
+        self.heads = nn.ModuleDict({"plain": nn.GroupNorm(2, 16, affine=False),
+                                    "no_bias": nn.GroupNorm(4, 16, bias=False)})
         self.norm_out = nn.GroupNorm(16, 16)
 
     def forward(self, x):
         x = self.stem(x)
         for b in self.blocks:
             x = x + b(x)
-        return self.norm_out(self.heads["plain"](x))
+        return self.norm_out(self.heads["no_bias"](self.heads["plain"](x)))
 
 
 def _randomize(model):
@@ -40,7 +41,8 @@ def test_convert_swaps_every_group_norm_and_keeps_results():
     params_before = dict(model.named_parameters())
     groupnorm_ext.convert_group_norm(model)
     kinds = [type(m) for m in model.modules()]
-    assert nn.GroupNorm not in kinds and kinds.count(groupnorm_ext.GroupNorm) == 5
+    assert nn.GroupNorm not in kinds and kinds.count(groupnorm_ext.GroupNorm) == 6
+    assert repr(model) == repr(ref)  # every configuration kept, bias=False included
     # the same Parameter objects: an optimizer made before the swap still trains them
     assert all(p is params_before[n] for n, p in model.named_parameters())
     assert list(model.state_dict()) == list(ref.state_dict())

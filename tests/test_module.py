@@ -61,6 +61,44 @@ def test_extra_repr_names_the_hyperparameters():
     assert repr(m).startswith("GroupNorm(")
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"eps": 1e-3}, {"affine": False}, {"bias": False},
+                                    {"affine": False, "bias": False}], ids=str)
+def test_repr_is_torchs(kwargs):
+    assert repr(groupnorm_ext.GroupNorm(4, 8, **kwargs)) == repr(torch.nn.GroupNorm(4, 8, **kwargs))
+
+
+def test_bias_false_keeps_the_weight_and_drops_the_bias_like_torch():
+    """nn.GroupNorm(..., bias=False): a weight, no bias; same parameters, state_dict, output and grads."""
+    torch.manual_seed(0)
+    ref = torch.nn.GroupNorm(3, 6, bias=False)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+    m = groupnorm_ext.GroupNorm(3, 6, bias=False)
+    assert isinstance(m.weight, torch.nn.Parameter) and m.bias is None
+    assert [n for n, _ in m.named_parameters()] == ["weight"]
+    torch.testing.assert_close(m.weight.detach(), torch.ones(6), atol=0, rtol=0)
+    m.load_state_dict(ref.state_dict())  # strict: the same keys
+    assert m.state_dict().keys() == ref.state_dict().keys()
+    x = make_input((2, 6, 5, 3), seed=2).requires_grad_()
+    out, expected = m(x), ref(x)
+    torch.testing.assert_close(out, expected, **tol(torch.float32))
+    gy = torch.randn_like(out)
+    gx, gw = torch.autograd.grad(out, (x, m.weight), gy)
+    rx, rw = torch.autograd.grad(expected, (x, ref.weight), gy)
+    torch.testing.assert_close(gx, rx, **tol(torch.float32, grad=True))
+    torch.testing.assert_close(gw, rw, **tol(torch.float32, grad=True))
+    scripted = torch.jit.script(m)
+    torch.testing.assert_close(scripted(x), expected, **tol(torch.float32))
+
+
+def test_bias_is_keyword_only_like_torch():
+    with pytest.raises(TypeError):
+        torch.nn.GroupNorm(2, 4, 1e-5, True, None, None, False)
+    # the eighth positional argument is ours: activation
+    assert groupnorm_ext.GroupNorm(2, 4, 1e-5, True, None, None, "identity").activation == "identity"
+    assert groupnorm_ext.GroupNorm(2, 4, bias=False, activation="identity").bias is None
+
+
 @pytest.mark.parametrize("affine", [True, False])
 def test_state_dict_round_trip_with_nn_groupnorm(affine):
     torch.manual_seed(0)
