@@ -94,9 +94,9 @@ Tensor check_param(const char* op, const char* name, const OptionalTensor& param
   const int64_t C = input.size(1);
   TORCH_CHECK(p.layout() == at::kStrided, op, ": ", name, " must be a dense (strided) tensor, but got layout ",
               p.layout());
-  TORCH_CHECK(p.dim() == 1 && p.numel() == C, op, ": expected ", name,
-              " to be a 1-D tensor of size equal to the number of channels C=", C,
-              ", but got ", name, " of shape ", p.sizes(), " for input of shape ", input.sizes());
+  TORCH_CHECK(p.dim() == 1 && p.numel() == C, "Expected ", name,
+              " to be a vector of size equal to the number of channels in input, but got ", name, " of shape ",
+              p.sizes(), " and input of shape ", input.sizes());
   TORCH_CHECK(p.device() == input.device(), op, ": expected all tensors to be on the same device, but ",
               name, " is on ", p.device(), " and input is on ", input.device());
   const auto in_t = input.scalar_type();
@@ -115,28 +115,26 @@ ForwardProblem check_forward(const char* op, const Tensor& input, int64_t num_gr
   TORCH_CHECK(input.defined(), op, ": input is an undefined tensor");
   TORCH_CHECK(input.layout() == at::kStrided, op,
               ": expected a dense (strided) input tensor, but got layout ", input.layout());
-  TORCH_CHECK(input.dim() >= 2, op,
-              ": expected an input with at least 2 dimensions (N, C, *), but got a ", input.dim(),
-              "-D tensor of shape ", input.sizes());
+  // The shape checks raise torch's own messages, word for word (those of
+  // torch.nn.functional.group_norm and native_group_norm): code and tests written against
+  // torch match on them. Checks torch words poorly or lacks name the op.
+  TORCH_CHECK(input.dim() >= 2, "Expected at least 2 dimensions for input tensor but received ", input.dim());
   // NotImplementedError, as torch's group_norm raises for the same dtypes.
   TORCH_CHECK_NOT_IMPLEMENTED(is_supported_dtype(input.scalar_type()), op,
                               ": expected a floating-point input (float32, float64, float16 or bfloat16), "
                               "but got ", input.scalar_type());
-  TORCH_CHECK(num_groups > 0, op, ": num_groups must be positive, but got num_groups=", num_groups);
+  TORCH_CHECK(num_groups > 0, "Expected num groups to be greater than 0, got ", num_groups);
   const int64_t C = input.size(1);
-  TORCH_CHECK(C % num_groups == 0, op, ": expected the number of channels C=", C,
-              " to be divisible by num_groups=", num_groups, ", but got input of shape ",
-              input.sizes());
+  TORCH_CHECK(C % num_groups == 0, "Expected number of channels in input to be divisible by num_groups, but got "
+              "input of shape ", input.sizes(), " and num_groups=", num_groups);
 
   // As torch's native_group_norm from 2.14 on: no channels, or no element per (n, c), is an
   // error even for an empty batch (an empty batch of non-empty samples is fine). Earlier
   // versions return an empty output, and so does this library when built against them.
-  TORCH_CHECK(!kRejectsEmptyChannelsOrSpatial || C > 0, op, ": expected the number of channels to be greater than 0, but got input of shape ",
-              input.sizes());
+  TORCH_CHECK(!kRejectsEmptyChannelsOrSpatial || C > 0, "Expected number of channels to be greater than 0, got ", C);
   int64_t S = 1;
   for (int64_t d = 2; d < input.dim(); ++d) S *= input.size(d);
-  TORCH_CHECK(!kRejectsEmptyChannelsOrSpatial || S > 0, op, ": expected a non-empty spatial size (the product of the dimensions after C), but got ",
-              "input of shape ", input.sizes());
+  TORCH_CHECK(!kRejectsEmptyChannelsOrSpatial || S > 0, "Expected HxW to be greater than 0, got ", S);
 
   ForwardProblem p;
   p.activation = parse_activation(op, activation);

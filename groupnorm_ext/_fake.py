@@ -38,8 +38,8 @@ def _check_param(name, param, input):
         return
     C = input.shape[1]
     torch._check(param.dim() == 1 and param.numel() == C, lambda: (
-        f"group_norm: expected {name} to be a 1-D tensor of size equal to the number of channels C={C}, "
-        f"but got {name} of shape {list(param.shape)}"))
+        f"Expected {name} to be a vector of size equal to the number of channels in input, but got {name} of "
+        f"shape {list(param.shape)} and input of shape {list(input.shape)}"))
     torch._check(param.device == input.device, lambda: (
         f"group_norm: expected all tensors to be on the same device, but {name} is on {param.device} "
         f"and input is on {input.device}"))
@@ -49,26 +49,22 @@ def _check_param(name, param, input):
 
 
 def _check(input, num_groups, weight=None, bias=None) -> None:
-    """The C++ kernels' checks (csrc/common.cpp), so that meta / fake calls fail the same way."""
-    torch._check(input.dim() >= 2, lambda: (
-        f"group_norm: expected an input with at least 2 dimensions (N, C, *), but got a {input.dim()}-D tensor"))
+    """The C++ kernels' checks (csrc/common.cpp), with the same messages (torch's own for the shape
+    checks), so that meta / fake calls fail the same way."""
+    torch._check(input.dim() >= 2, lambda: f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
     torch._check_not_implemented(input.dtype in _FLOAT_DTYPES, lambda: (
         f"group_norm: expected a floating-point input (float32, float64, float16 or bfloat16), "
         f"but got {input.dtype}"))
-    torch._check(num_groups > 0, lambda: f"group_norm: num_groups must be positive, but got num_groups={num_groups}")
+    torch._check(num_groups > 0, lambda: f"Expected num groups to be greater than 0, got {num_groups}")
     torch._check(input.shape[1] % num_groups == 0, lambda: (
-        f"group_norm: expected the number of channels C={input.shape[1]} to be divisible by "
-        f"num_groups={num_groups}"))
+        f"Expected number of channels in input to be divisible by num_groups, but got input of shape "
+        f"{list(input.shape)} and num_groups={num_groups}"))
     if _REJECTS_EMPTY_CHANNELS_OR_SPATIAL:
-        torch._check(input.shape[1] > 0, lambda: (
-            f"group_norm: expected the number of channels to be greater than 0, but got input of shape "
-            f"{list(input.shape)}"))
+        torch._check(input.shape[1] > 0, lambda: f"Expected number of channels to be greater than 0, got {input.shape[1]}")
         spatial = 1
         for size in input.shape[2:]:
             spatial = spatial * size
-        torch._check(spatial > 0, lambda: (
-            f"group_norm: expected a non-empty spatial size (the product of the dimensions after C), but got "
-            f"input of shape {list(input.shape)}"))
+        torch._check(spatial > 0, lambda: f"Expected HxW to be greater than 0, got {spatial}")
     _check_param("weight", weight, input)
     _check_param("bias", bias, input)
 

@@ -79,16 +79,16 @@ def _check_argument_types(input, num_groups, weight, bias, eps, activation):
     integer with __index__ (NumPy integers, 0-dim integer tensors) but not bool; eps from any real
     number (bool and NumPy scalars included) or a 0-dim tensor."""
     if not isinstance(input, Tensor):
-        raise TypeError(f"group_norm(): argument 'input' must be Tensor, not {type(input).__name__}")
+        raise _argument_type_error("input", "Tensor", input)
     if type(num_groups) is not int:
         num_groups = _index_argument("num_groups", num_groups)
     for name, value in (("weight", weight), ("bias", bias)):
         if value is not None and not isinstance(value, Tensor):
-            raise TypeError(f"group_norm(): argument '{name}' must be Tensor, not {type(value).__name__}")
+            raise _argument_type_error(name, "Tensor", value)
     if type(eps) is not float:
         eps = _real_argument("eps", eps)
     if activation is not None and not isinstance(activation, str):
-        raise TypeError(f"group_norm(): argument 'activation' must be str or None, not {type(activation).__name__}")
+        raise _argument_type_error("activation", "str or None", activation)
     return num_groups, eps
 
 
@@ -100,7 +100,7 @@ def _index_argument(name: str, value) -> int:
             return operator.index(value)
         except TypeError:
             pass
-    raise TypeError(f"group_norm(): argument '{name}' must be int, not {type(value).__name__}")
+    raise _argument_type_error(name, "int", value)
 
 
 def _real_argument(name: str, value) -> float:
@@ -112,4 +112,19 @@ def _real_argument(name: str, value) -> float:
             return float(value)
         except (TypeError, ValueError):
             pass
-    raise TypeError(f"group_norm(): argument '{name}' must be float, not {type(value).__name__}")
+    raise _argument_type_error(name, "float", value)
+
+
+# Positions in group_norm's signature, as torch's argument parser names them in its TypeErrors.
+_ARGUMENT_POSITIONS = {"input": 1, "num_groups": 2, "weight": 3, "bias": 4, "eps": 5, "activation": 6}
+
+
+def _argument_type_error(name: str, expected: str, value) -> TypeError:
+    """torch's argument-parser TypeError, word for word: "group_norm(): argument 'eps' (position 5)
+    must be float, not str". The type is named as CPython's tp_name names it: a class defined in
+    Python by its name, a C type by its dotted path (numpy.ndarray)."""
+    t = type(value)
+    is_python_class = bool(t.__flags__ & (1 << 9))  # Py_TPFLAGS_HEAPTYPE
+    type_name = t.__name__ if is_python_class or t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
+    return TypeError(f"group_norm(): argument '{name}' (position {_ARGUMENT_POSITIONS[name]}) must be {expected}, "
+                     f"not {type_name}")

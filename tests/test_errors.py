@@ -19,9 +19,9 @@ W6, B6 = torch.ones(6), torch.zeros(6)
 BAD = [
     ("groups_not_dividing_channels", dict(x=x6(), G=4, w=W6, b=B6), "divisible"),
     ("groups_not_dividing_channels_no_affine", dict(x=x6(), G=5, w=None, b=None), "divisible"),
-    ("zero_groups", dict(x=x6(), G=0, w=W6, b=B6), "num_groups"),
-    ("negative_groups", dict(x=x6(), G=-1, w=W6, b=B6), "num_groups"),
-    ("negative_groups_dividing", dict(x=x6(), G=-3, w=None, b=None), "num_groups"),
+    ("zero_groups", dict(x=x6(), G=0, w=W6, b=B6), "num groups"),
+    ("negative_groups", dict(x=x6(), G=-1, w=W6, b=B6), "num groups"),
+    ("negative_groups_dividing", dict(x=x6(), G=-3, w=None, b=None), "num groups"),
     ("weight_too_long", dict(x=x6(), G=3, w=torch.ones(7), b=B6), "weight"),
     ("weight_too_short", dict(x=x6(), G=3, w=torch.ones(3), b=None), "weight"),
     ("bias_too_long", dict(x=x6(), G=3, w=W6, b=torch.zeros(12)), "bias"),
