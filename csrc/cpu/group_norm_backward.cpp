@@ -184,6 +184,7 @@ struct Backward {
     }
     if (ncs) {
       at::parallel_for(0, N * C * sh.S, kApplyGrainElems, [&](int64_t begin, int64_t end) {
+        const cpu::StreamingStoresFence fence{stream};
         cpu::for_blocks_reversed(begin, end, kApplyGrainElems,
                                  [&](int64_t b, int64_t e) { grad_input_ncs(b, e, coeffs.data(), N * C, 0); });
       });
@@ -191,6 +192,7 @@ struct Backward {
     }
     const int64_t grain_rows = std::max<int64_t>(1, kApplyGrainElems / C);
     at::parallel_for(0, N * sh.S, grain_rows, [&](int64_t begin, int64_t end) {
+      const cpu::StreamingStoresFence fence{stream};
       cpu::for_blocks_reversed(begin, end, grain_rows, [&](int64_t r0, int64_t r1) {
         cpu::for_sample_rows(r0, r1, sh.S, [&](int64_t n, int64_t s0, int64_t s1) {
           grad_input_nsc(n, s0, s1, coeffs.data(), N * C, n * C);
@@ -203,6 +205,7 @@ struct Backward {
     const ChunkPlan p = plan();
     const int64_t K = p.num_chunks, G = sh.groups, C = sh.C;
     at::parallel_for(0, sh.N * G, cpu::grain_for(2 * D() * sh.S), [&](int64_t begin, int64_t end) {
+      const cpu::StreamingStoresFence fence{stream};
       std::vector<acc_t> coeffs(5 * D());
       for (int64_t ng = begin, n = begin / G, g = begin % G; ng < end; ++ng) {
         for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
@@ -234,6 +237,7 @@ struct Backward {
     const ChunkPlan p = plan();
     const int64_t K = p.num_chunks, G = sh.groups, C = sh.C;
     at::parallel_for(0, sh.N, cpu::grain_for(2 * C * sh.S), [&](int64_t begin, int64_t end) {
+      const cpu::StreamingStoresFence fence{stream};
       std::vector<reduce_t> channel_mean(C), part(2 * C);
       std::vector<acc_t> coeffs(5 * C);
       for (int64_t n = begin; n < end; ++n) {

@@ -171,6 +171,7 @@ struct Forward {
     for (int64_t ng = 0; ng < N * G; ++ng) finalize(ng, partials.data() + ng * K);
     if (ncs) {
       at::parallel_for(0, N * C * sh.S, kApplyGrainElems, [&](int64_t begin, int64_t end) {
+        const cpu::StreamingStoresFence fence{stream};
         cpu::for_blocks_reversed(begin, end, kApplyGrainElems, [&](int64_t b, int64_t e) { apply_ncs(b, e); });
       });
       return;
@@ -181,6 +182,7 @@ struct Forward {
     }
     const int64_t grain_rows = std::max<int64_t>(1, kApplyGrainElems / C);
     at::parallel_for(0, N * sh.S, grain_rows, [&](int64_t begin, int64_t end) {
+      const cpu::StreamingStoresFence fence{stream};
       cpu::for_blocks_reversed(begin, end, grain_rows, [&](int64_t r0, int64_t r1) {
         cpu::for_sample_rows(r0, r1, sh.S, [&](int64_t n, int64_t s0, int64_t s1) {
           const int64_t o = sh.offset(n, 0, s0);
@@ -195,6 +197,7 @@ struct Forward {
     const int64_t G = sh.groups, K = plan.num_chunks, C = sh.C;
     if (sh.order == MemoryOrder::NCS) {
       at::parallel_for(0, sh.N * G, cpu::grain_for(D() * sh.S), [&](int64_t begin, int64_t end) {
+        const cpu::StreamingStoresFence fence{stream};
         std::vector<Stats> partials(K);
         for (int64_t ng = begin; ng < end; ++ng) {
           for (int64_t k = 0; k < K; ++k) partials[k] = chunk_moments_ncs(ng, k);
@@ -207,6 +210,7 @@ struct Forward {
       return;
     }
     at::parallel_for(0, sh.N, cpu::grain_for(C * sh.S), [&](int64_t begin, int64_t end) {
+      const cpu::StreamingStoresFence fence{stream};
       std::vector<Stats> partials(G * K);
       std::vector<reduce_t> acc(2 * C), mean_c(C);
       std::vector<acc_t> coeffs(3 * C);

@@ -74,6 +74,17 @@ GN_DECLARE_LOOPS(c10::Half)
 GN_DECLARE_LOOPS(c10::BFloat16)
 #undef GN_DECLARE_LOOPS
 
+// The loops that take `stream` leave their streaming stores unfenced: a parallel task that
+// passes stream = true fences once before it ends (before the thread reports done and another
+// reads the output), with a StreamingStoresFence at the top of its body.
+void fence_streaming_stores();
+struct StreamingStoresFence {
+  bool active;
+  ~StreamingStoresFence() {
+    if (active) fence_streaming_stores();
+  }
+};
+
 // Which clone the loader picked on this CPU ("avx512", "avx2" or "baseline").
 const char* loops_isa();
 
