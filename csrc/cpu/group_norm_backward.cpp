@@ -56,7 +56,7 @@ struct Backward {
   // the tensor's.
   ChunkPlan plan() const {
     if (sh.order == MemoryOrder::NCS) return make_chunk_plan(sh.S, 1);
-    const ChunkPlan p = make_parallel_chunk_plan(sh.S, sh.C, 1, 1, 1, kCpuRowChunks);
+    const ChunkPlan p = make_cpu_row_chunk_plan(sh.S, sh.C);
     return p.num_chunks <= kMaxRowChunks ? p : make_chunk_plan(sh.S, sh.C, kMaxRowChunks);
   }
 

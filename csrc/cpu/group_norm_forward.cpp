@@ -33,14 +33,13 @@ using Stats = Moments<reduce_t>;
 constexpr int64_t kApplyGrainElems = 32768;
 
 // NCS: the default plan (chunks of ~8K elements, each reduced by the two-pass loop_moments
-// while it sits in L1/L2). NSC: a chunk is a block of rows whose per-channel sums cost a
-// pass over C doubles to set up and fold into groups, so rows are taken by the hundred (up
-// to 64K elements, the bound of the one-pass shifted sums), about kCpuRowChunks per sample.
-// The plan depends on the sample's shape only, not on N: a sample gets the same bits in
-// any batch.
+// while it sits in L1/L2). NSC: blocks of whole rows, make_cpu_row_chunk_plan (a chunk's
+// per-channel sums cost a pass over C doubles to set up and fold into groups, so rows are
+// taken by the hundred). The plan depends on the sample's shape only, not on N: a sample gets
+// the same bits in any batch.
 ChunkPlan forward_plan(const GroupNormShape& sh) {
   if (sh.order == MemoryOrder::NCS) return make_chunk_plan(sh);
-  return make_parallel_chunk_plan(sh.S, sh.C, 1, 1, 1, kCpuRowChunks);
+  return make_cpu_row_chunk_plan(sh.S, sh.C);
 }
 
 template <typename T>

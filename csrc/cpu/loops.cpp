@@ -405,13 +405,25 @@ GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, const redu
   if constexpr (!std::is_same_v<T, double>) {
     sum_dev_rows_as<float>(x, rows, C, shift, sum_d, sum_d2, prefetch);
     const reduce_t floor = kFloatMinSquareMean * static_cast<reduce_t>(rows);
-    bool trusted = true;
+    // On the doubles' bit patterns, branch-free, so that the loop vectorizes (a scalar loop of
+    // branches over C took a quarter of this function on 1280-channel rows, and GCC lowers
+    // vector compares of doubles, or of explicit 64-bit lanes, to scalar ones): finite =
+    // exponent not all ones; sum_d2 >= 0 (or NaN, caught as not finite), and non-negative
+    // doubles order as their bit patterns, so sum_d2 >= floor compares integers; +-0 is the
+    // pattern shifted left by one being 0.
+    constexpr int64_t kExponent = 0x7ff0000000000000;
+    int64_t floor_bits;
+    __builtin_memcpy(&floor_bits, &floor, sizeof(floor_bits));
+    int64_t untrusted = 0;
     for (int64_t i = 0; i < C; ++i) {
-      const bool finite = std::isfinite(sum_d[i]) && std::isfinite(sum_d2[i]);
-      const bool resolved = sum_d2[i] >= floor || (sum_d2[i] == 0 && sum_d[i] == 0);
-      trusted = trusted && finite && resolved;
+      int64_t a, q;
+      __builtin_memcpy(&a, sum_d + i, sizeof(a));
+      __builtin_memcpy(&q, sum_d2 + i, sizeof(q));
+      const bool finite = ((a & kExponent) != kExponent) & ((q & kExponent) != kExponent);
+      const bool resolved = (q >= floor_bits) | ((q == 0) & ((a << 1) == 0));
+      untrusted |= !(finite & resolved);
     }
-    if (trusted) return;
+    if (!untrusted) return;
   }
   sum_dev_rows_as<reduce_t>(x, rows, C, shift, sum_d, sum_d2, prefetch);
 }

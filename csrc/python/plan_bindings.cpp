@@ -27,6 +27,12 @@ std::pair<int64_t, int64_t> parallel_chunk_plan(int64_t length, int64_t elems_pe
   return {p.chunk_len, p.num_chunks};
 }
 
+// (chunk_len, num_chunks) of make_cpu_row_chunk_plan.
+std::pair<int64_t, int64_t> cpu_row_chunk_plan(int64_t rows, int64_t C) {
+  const ChunkPlan p = make_cpu_row_chunk_plan(rows, C);
+  return {p.chunk_len, p.num_chunks};
+}
+
 // Memory offsets of every element, in plan order: (n, g, chunk, element).
 at::Tensor chunk_offsets(int64_t N, int64_t C, int64_t S, int64_t G, bool channels_last) {
   const GroupNormShape sh = make_shape(N, C, S, G, channels_last);
@@ -164,6 +170,7 @@ std::tuple<double, double, double> combine_chunks_by_levels(const at::Tensor& ch
 void bind_plan(pybind11::module& m) {
   m.def("_plan_chunk_plan", &chunk_plan);
   m.def("_plan_parallel_chunk_plan", &parallel_chunk_plan);
+  m.def("_plan_cpu_row_chunk_plan", &cpu_row_chunk_plan);
   m.def("_plan_chunk_offsets", &chunk_offsets);
   m.def("_plan_shifted_moments", &shifted_moments);
   m.def("_plan_element_channels", &element_channels);
