@@ -104,8 +104,10 @@ def small_cases() -> list[Case]:
 
 
 def medium_cases(device: str) -> list[Case]:
-    # Stable-Diffusion-style UNet blocks at 512 px (latent 64x64) and their down-sampled levels.
-    shapes = [(1, 128, 64, 64), (2, 320, 64, 64), (2, 640, 32, 32), (4, 640, 16, 16), (4, 256, 32, 32)]
+    # Stable-Diffusion-style UNet blocks at 512 px (latent 64x64) and their down-sampled levels, down
+    # to the 1280-channel 16x16 and 8x8 ones (short rows of many channels: little work per call).
+    shapes = [(1, 128, 64, 64), (2, 320, 64, 64), (2, 640, 32, 32), (4, 640, 16, 16), (4, 256, 32, 32),
+              (2, 1280, 16, 16), (4, 1280, 8, 8)]
     dtypes = ["fp32"] if device == "cpu" else ["fp32", "fp16"]
     cases = _cases("medium", shapes, 32, dtypes, ["contig", "cl"])
     if device == "cpu":  # one low-precision shape on CPU; on CUDA every shape runs in fp16 already
