@@ -109,18 +109,29 @@ struct Backward {
     }
   }
 
-  // dx for elements [i0, i1) of an NCS tensor; coeffs hold one column per (n, c).
-  // Divides once per range, then steps along rows (see Forward::apply_ncs).
+  // dx for elements [i0, i1) of an NCS tensor; coeffs hold one column per (n, c), column
+  // row - row0. Whole rows go to loop_grad_input_runs in one call (see Forward::apply_ncs).
   void grad_input_ncs(int64_t i0, int64_t i1, const acc_t* coeffs, int64_t ld, int64_t row0) const {
-    const int64_t first_row = i0 / sh.S;
-    int64_t s = i0 - first_row * sh.S;
-    for (int64_t i = i0, j = first_row - row0; i < i1; ++j) {
-      const int64_t len = std::min(sh.S - s, i1 - i);
+    const auto one = [&](int64_t row, int64_t i, int64_t len) {
+      const int64_t j = row - row0;
       cpu::loop_grad_input(dy + i, x + i, dx + i, len, coeffs[j], coeffs[ld + j], coeffs[2 * ld + j],
                            coeffs[3 * ld + j], coeffs[4 * ld + j], stream);
+    };
+    int64_t row = i0 / sh.S, i = i0;
+    const int64_t s = i0 - row * sh.S;
+    if (s > 0) {  // the end of a row
+      const int64_t len = std::min(sh.S - s, i1 - i0);
+      one(row, i, len);
       i += len;
-      s = 0;
+      ++row;
     }
+    const int64_t full = (i1 - i) / sh.S, j = row - row0;
+    if (full > 0) {
+      cpu::loop_grad_input_runs(dy + i, x + i, dx + i, full, sh.S, coeffs + j, coeffs + ld + j, coeffs + 2 * ld + j,
+                                coeffs + 3 * ld + j, coeffs + 4 * ld + j, stream);
+      i += full * sh.S;
+    }
+    if (i < i1) one(row + full, i, i1 - i);  // the start of a row
   }
 
   // dx for rows [s0, s1) of sample n of an NSC tensor.
@@ -208,16 +219,22 @@ struct Backward {
       const cpu::StreamingStoresFence fence{stream};
       std::vector<acc_t> coeffs(5 * D());
       for (int64_t ng = begin, n = begin / G, g = begin % G; ng < end; ++ng) {
-        for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
-          reduce_t a = 0, b = 0;
-          for (int64_t k = 0; k < K; ++k) {
-            reduce_t pa, pb;
-            chunk_sums_ncs(p, n * C + c, mean[ng], k, &pa, &pb);
-            a += pa;
-            b += pb;
+        if (K == 1) {  // whole rows, in one call (the same sums as a call per row)
+          const int64_t first = sh.offset(n, g * D(), 0);
+          cpu::loop_grad_sums_runs(dy + first, x + first, D(), sh.S, mean[ng], sum_dy + n * C + g * D(),
+                                   sum_dy_xc + n * C + g * D());
+        } else {
+          for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
+            reduce_t a = 0, b = 0;
+            for (int64_t k = 0; k < K; ++k) {
+              reduce_t pa, pb;
+              chunk_sums_ncs(p, n * C + c, mean[ng], k, &pa, &pb);
+              a += pa;
+              b += pb;
+            }
+            sum_dy[n * C + c] = a;
+            sum_dy_xc[n * C + c] = b;
           }
-          sum_dy[n * C + c] = a;
-          sum_dy_xc[n * C + c] = b;
         }
         group_coefficients(n, g, coeffs.data(), D(), 0);
         // Last elements first: the sums pass just read them, they are still in L2.

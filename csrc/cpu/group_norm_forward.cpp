@@ -113,23 +113,45 @@ struct Forward {
   acc_t scale(int64_t ng, int64_t c) const { return rstd_out[ng] * (weight ? weight[c] : acc_t(1)); }
   acc_t shift(int64_t c) const { return bias ? bias[c] : acc_t(0); }
 
-  // Apply to rows [r0, r1) of (n, c) (NCS), whole or in part: elements [i0, i1).
-  // Divides once per range, then steps (c, ng) along: a row of a small image is a few
-  // dozen elements, less work than the divisions that would locate it.
-  void apply_ncs(int64_t i0, int64_t i1) const {
-    const int64_t row0 = i0 / sh.S, d = D();
-    int64_t s = i0 - row0 * sh.S, c = row0 % sh.C, ng = row0 / sh.C * sh.groups + c / d;
-    int64_t c_in_group = c - (c / d) * d;
-    for (int64_t i = i0; i < i1;) {
-      const int64_t len = std::min(sh.S - s, i1 - i);
-      cpu::loop_normalize(x + i, y + i, len, mean_out[ng], scale(ng, c), shift(c), stream);
-      i += len;
-      s = 0;
+  // Coefficients of NCS rows [row_begin, row_begin + rows), row = n * C + c: mean, scale,
+  // bias. Divides once, then steps (c, ng) along: a row of a small image is a few dozen
+  // elements, less work than the divisions that would locate it.
+  void row_coefficients(int64_t row_begin, int64_t rows, acc_t* mean_r, acc_t* scale_r, acc_t* bias_r) const {
+    const int64_t d = D();
+    int64_t c = row_begin % sh.C, ng = row_begin / sh.C * sh.groups + c / d, c_in_group = c % d;
+    for (int64_t j = 0; j < rows; ++j) {
+      mean_r[j] = mean_out[ng];
+      scale_r[j] = scale(ng, c);
+      bias_r[j] = shift(c);
       if (++c == sh.C) c = 0;
       if (++c_in_group == d) {
         c_in_group = 0;
         ++ng;
       }
+    }
+  }
+
+  // Apply to elements [i0, i1) of an NCS tensor, whole rows and parts of rows; coefficient
+  // arrays indexed by row - row0. Whole rows go to loop_normalize_runs in one call (rows of
+  // an 8x8 image are 64 elements: a call per row cost more than the row).
+  void apply_ncs(int64_t i0, int64_t i1, const acc_t* mean_r, const acc_t* scale_r, const acc_t* bias_r,
+                 int64_t row0) const {
+    int64_t row = i0 / sh.S, i = i0;
+    const int64_t s = i0 - row * sh.S;
+    if (s > 0) {  // the end of a row
+      const int64_t len = std::min(sh.S - s, i1 - i0), j = row - row0;
+      cpu::loop_normalize(x + i, y + i, len, mean_r[j], scale_r[j], bias_r[j], stream);
+      i += len;
+      ++row;
+    }
+    const int64_t full = (i1 - i) / sh.S, j = row - row0;
+    if (full > 0) {
+      cpu::loop_normalize_runs(x + i, y + i, full, sh.S, mean_r + j, scale_r + j, bias_r + j, stream);
+      i += full * sh.S;
+    }
+    if (i < i1) {  // the start of a row
+      const int64_t k = row + full - row0;
+      cpu::loop_normalize(x + i, y + i, i1 - i, mean_r[k], scale_r[k], bias_r[k], stream);
     }
   }
 
@@ -169,9 +191,13 @@ struct Forward {
     }
     for (int64_t ng = 0; ng < N * G; ++ng) finalize(ng, partials.data() + ng * K);
     if (ncs) {
+      std::vector<acc_t> rows(3 * N * C);  // mean, scale, bias of every (n, c) row
+      row_coefficients(0, N * C, &rows[0], &rows[N * C], &rows[2 * N * C]);
       at::parallel_for(0, N * C * sh.S, kApplyGrainElems, [&](int64_t begin, int64_t end) {
         const cpu::StreamingStoresFence fence{stream};
-        cpu::for_blocks_reversed(begin, end, kApplyGrainElems, [&](int64_t b, int64_t e) { apply_ncs(b, e); });
+        cpu::for_blocks_reversed(begin, end, kApplyGrainElems, [&](int64_t b, int64_t e) {
+          apply_ncs(b, e, &rows[0], &rows[N * C], &rows[2 * N * C], 0);
+        });
       });
       return;
     }
@@ -198,12 +224,15 @@ struct Forward {
       at::parallel_for(0, sh.N * G, cpu::grain_for(D() * sh.S), [&](int64_t begin, int64_t end) {
         const cpu::StreamingStoresFence fence{stream};
         std::vector<Stats> partials(K);
+        std::vector<acc_t> rows(3 * D());  // mean, scale, bias of the slab's rows
         for (int64_t ng = begin; ng < end; ++ng) {
           for (int64_t k = 0; k < K; ++k) partials[k] = chunk_moments_ncs(ng, k);
           finalize(ng, partials.data());
+          row_coefficients(ng * D(), D(), &rows[0], &rows[D()], &rows[2 * D()]);  // row n * C + g * D = ng * D
           const int64_t first = slab_offset_ncs(ng);  // the slab is contiguous
-          cpu::for_blocks_reversed(first, first + D() * sh.S, kApplyGrainElems,
-                                   [&](int64_t b, int64_t e) { apply_ncs(b, e); });
+          cpu::for_blocks_reversed(first, first + D() * sh.S, kApplyGrainElems, [&](int64_t b, int64_t e) {
+            apply_ncs(b, e, &rows[0], &rows[D()], &rows[2 * D()], ng * D());
+          });
         }
       });
       return;

@@ -448,8 +448,56 @@ GN_INLINE void load16d(const T* p, vd8* lo, vd8* hi) {
 // ~1e-5 relative, far below the data's own 2^-8 or 2^-11), with half the vector work of
 // double and no widening to 8-lane halves; the chunk's totals then join the double sums.
 // A chunk whose float sums overflow (or meet Inf / NaN) is summed again in double. float
-// and double data sum in double as everything else.
+// data: the terms and four-vector partial sums in float, then double sums (below); double
+// data sum in double as everything else.
 constexpr float kFloatSumFloor = 1e-30f;
+
+// Adds the 16 floats of v to the 16 double lanes (lo, hi).
+GN_INLINE void add_widened(vf16 v, vd8* lo, vd8* hi) {
+  *lo += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), vd8);
+  *hi += __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), vd8);
+}
+
+// Gradient sums of float data with half the widening: dy and dy * (x - m), m = the mean
+// rounded to float, formed in float, four vectors (64 elements) summed in float, then added to
+// double lanes; sum_dy_xc = sum dy * (x - m) - (mean - m) * sum dy restores the exact centre
+// (a float mean is off by up to 2^-24 |mean|, which a large offset in x would otherwise turn
+// into an error of that size in every centred value). Each term is within 2^-23 of its
+// double value (x - m is exact for x within a factor 2 of m) and a four-term float sum adds
+// at most 3 roundings of 2^-24 of its terms' magnitude: the accuracy of the NSC forward's
+// four-row sums. Returns false (nothing written) where float cannot be trusted, as the
+// bfloat16 path: overflow, Inf / NaN, or sums small enough that products may have underflowed.
+GN_INLINE bool grad_sums_float(const float* dy, const float* x, int64_t n, reduce_t mean, reduce_t* sum_dy,
+                               reduce_t* sum_dy_xc) {
+  const float m = static_cast<float>(mean);
+  vd8 g0 = {}, g1 = {}, p0 = {}, p1 = {};
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const vf16 a0 = load16f(dy + i), a1 = load16f(dy + i + 16), a2 = load16f(dy + i + 32), a3 = load16f(dy + i + 48);
+    add_widened((a0 + a1) + (a2 + a3), &g0, &g1);
+    add_widened((a0 * (load16f(x + i) - m) + a1 * (load16f(x + i + 16) - m)) +
+                    (a2 * (load16f(x + i + 32) - m) + a3 * (load16f(x + i + 48) - m)),
+                &p0, &p1);
+  }
+  for (; i + 16 <= n; i += 16) {
+    const vf16 a = load16f(dy + i);
+    add_widened(a, &g0, &g1);
+    add_widened(a * (load16f(x + i) - m), &p0, &p1);
+  }
+  reduce_t tail_dy = 0, tail_dy_xc = 0;
+  for (; i < n; ++i) {
+    tail_dy += dy[i];
+    tail_dy_xc += static_cast<reduce_t>(dy[i] * (x[i] - m));
+  }
+  const reduce_t s_dy = reduce_vectors(g0, g1) + tail_dy;
+  const reduce_t s_dy_xm = reduce_vectors(p0, p1) + tail_dy_xc;
+  // A float overflow shows as Inf / NaN in the double sums; an all-zero dy or products near
+  // float's underflow as a tiny sum.
+  if (!(std::isfinite(s_dy) && std::isfinite(s_dy_xm) && std::fabs(s_dy_xm) >= kFloatSumFloor)) return false;
+  *sum_dy = s_dy;
+  *sum_dy_xc = s_dy_xm - (mean - static_cast<reduce_t>(m)) * s_dy;
+  return true;
+}
 
 template <typename T>
 GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, reduce_t mean, reduce_t* sum_dy,
@@ -482,6 +530,8 @@ GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, reduce_t mean,
     // products that may have fallen below float's normal range (a sum under kFloatSumFloor:
     // n <= 2^13 products each under 1.2e-38 add up to less; this also catches an all-zero dy):
     // the chunk again in double, which gives the same sums as float and double inputs get.
+  } else if constexpr (std::is_same_v<T, float>) {
+    if (grad_sums_float(dy, x, n, mean, sum_dy, sum_dy_xc)) return;
   }
   vd8 g0 = {}, g1 = {}, p0 = {}, p1 = {};
   int64_t i = 0;
@@ -574,6 +624,19 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
       normalize_impl(x + b, out, len, mean, scale, bias);                                      \
     });                                                                                        \
   }                                                                                            \
+  GN_CLONES void loop_normalize_runs(const T* x, T* y, int64_t runs, int64_t len,               \
+                                     const opmath_t<T>* mean, const opmath_t<T>* scale,        \
+                                     const opmath_t<T>* bias, bool stream) {                   \
+    for (int64_t r = 0; r < runs; ++r, x += len, y += len) {                                   \
+      if (!stream) {                                                                           \
+        normalize_impl(x, y, len, mean[r], scale[r], bias[r]);                                 \
+        continue;                                                                              \
+      }                                                                                        \
+      write_streamed(y, len, [&](T* out, int64_t b, int64_t l) GN_LAMBDA_INLINE {              \
+        normalize_impl(x + b, out, l, mean[r], scale[r], bias[r]);                             \
+      });                                                                                      \
+    }                                                                                          \
+  }                                                                                            \
   GN_CLONES void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C,                \
                                      const opmath_t<T>* mean, const opmath_t<T>* scale,        \
                                      const opmath_t<T>* bias, bool stream) {                   \
@@ -592,6 +655,12 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
                                 reduce_t* sum_dy, reduce_t* sum_dy_xc) {                       \
     grad_sums_impl(dy, x, n, mean, sum_dy, sum_dy_xc);                                         \
   }                                                                                            \
+  GN_CLONES void loop_grad_sums_runs(const T* dy, const T* x, int64_t runs, int64_t len,       \
+                                     reduce_t mean, reduce_t* sum_dy, reduce_t* sum_dy_xc) {   \
+    for (int64_t r = 0; r < runs; ++r, dy += len, x += len) {                                  \
+      grad_sums_impl(dy, x, len, mean, sum_dy + r, sum_dy_xc + r);                             \
+    }                                                                                          \
+  }                                                                                            \
   GN_CLONES void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C,        \
                                      const reduce_t* mean, reduce_t* sum_dy,                   \
                                      reduce_t* sum_dy_xc, bool prefetch) {                     \
@@ -604,6 +673,20 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
     write_streamed(dx, n, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {               \
       grad_input_impl(dy + b, x + b, out, len, a, mean, rstd, kxhat, kc);                      \
     });                                                                                        \
+  }                                                                                            \
+  GN_CLONES void loop_grad_input_runs(const T* dy, const T* x, T* dx, int64_t runs, int64_t len, \
+                                      const opmath_t<T>* a, const opmath_t<T>* mean,           \
+                                      const opmath_t<T>* rstd, const opmath_t<T>* kxhat,       \
+                                      const opmath_t<T>* kc, bool stream) {                    \
+    for (int64_t r = 0; r < runs; ++r, dy += len, x += len, dx += len) {                       \
+      if (!stream) {                                                                           \
+        grad_input_impl(dy, x, dx, len, a[r], mean[r], rstd[r], kxhat[r], kc[r]);              \
+        continue;                                                                              \
+      }                                                                                        \
+      write_streamed(dx, len, [&](T* out, int64_t b, int64_t l) GN_LAMBDA_INLINE {             \
+        grad_input_impl(dy + b, x + b, out, l, a[r], mean[r], rstd[r], kxhat[r], kc[r]);       \
+      });                                                                                      \
+    }                                                                                          \
   }                                                                                            \
   GN_CLONES void loop_grad_input_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, \
                                       const opmath_t<T>* a, const opmath_t<T>* mean,           \

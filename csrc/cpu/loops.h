@@ -41,6 +41,10 @@ using reduce_t = double;
      streaming_stores_pay in schedule.h); the values are the same either way. */            \
   void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean, opmath_t<T> scale,      \
                       opmath_t<T> bias, bool stream);                                        \
+  /* loop_normalize over `runs` consecutive runs of `len` elements, run r with mean[r],       \
+     scale[r], bias[r]: the NCS apply of many short (n, c) rows in one call, same values */  \
+  void loop_normalize_runs(const T* x, T* y, int64_t runs, int64_t len, const opmath_t<T>* mean, \
+                           const opmath_t<T>* scale, const opmath_t<T>* bias, bool stream);  \
   /* NSC apply over `rows` rows of C channels: y[r, c] = (x[r, c] - mean[c]) * scale[c]      \
      + bias[c] */                                                                            \
   void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const opmath_t<T>* mean, \
@@ -53,6 +57,10 @@ using reduce_t = double;
   /* sums of dy and of dy * (x - mean) over a run */                                         \
   void loop_grad_sums(const T* dy, const T* x, int64_t n, reduce_t mean, reduce_t* sum_dy,   \
                       reduce_t* sum_dy_xc);                                                  \
+  /* loop_grad_sums of `runs` consecutive runs of `len` elements (one mean), into          \
+     sum_dy[r], sum_dy_xc[r]: the same values as a call per run */                           \
+  void loop_grad_sums_runs(const T* dy, const T* x, int64_t runs, int64_t len, reduce_t mean,  \
+                           reduce_t* sum_dy, reduce_t* sum_dy_xc);                           \
   /* per-channel sums over rows: sum_dy[c] += dy[r, c]; sum_dy_xc[c] += dy * (x - mean[c]) */ \
   void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C,                 \
                            const reduce_t* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc,      \
@@ -62,6 +70,12 @@ using reduce_t = double;
   void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,             \
                        opmath_t<T> mean, opmath_t<T> rstd, opmath_t<T> kxhat,                \
                        opmath_t<T> kc, bool stream);                                         \
+  /* loop_grad_input over `runs` consecutive runs of `len` elements, run r with the r-th     \
+     coefficients (NCS rows, many in one call; same values) */                               \
+  void loop_grad_input_runs(const T* dy, const T* x, T* dx, int64_t runs, int64_t len,        \
+                            const opmath_t<T>* a, const opmath_t<T>* mean,                   \
+                            const opmath_t<T>* rstd, const opmath_t<T>* kxhat,               \
+                            const opmath_t<T>* kc, bool stream);                             \
   /* the same over `rows` rows of C channels with per-channel coefficients (NSC) */          \
   void loop_grad_input_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,         \
                             const opmath_t<T>* a, const opmath_t<T>* mean,                   \
