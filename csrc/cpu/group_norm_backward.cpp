@@ -21,6 +21,7 @@
 #include "../group_norm.h"
 #include "huge_pages.h"
 #include "loops.h"
+#include "params.h"
 #include "schedule.h"
 
 namespace groupnorm_ext {
@@ -297,19 +298,18 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
   Tensor& grad_weight = std::get<1>(grads);
   Tensor& grad_bias = std::get<2>(grads);
   cpu::advise_huge_pages(grad_input);
-  const auto stats_t = bp.mean.scalar_type();
-  const Tensor w = !p.weight.defined() || p.weight.scalar_type() == stats_t ? p.weight : p.weight.to(stats_t);
   // Per-(n, c) sums, then grad_weight / grad_bias reduced over n in order (double). A plain
   // vector: an ATen tensor and its row views cost more than the whole op on small inputs.
   std::vector<reduce_t> sums(2 * sh.N * sh.C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_backward_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
+    std::vector<acc_t> weight_values;
     const Backward<scalar_t> bwd{sh,
                                  p.input.const_data_ptr<scalar_t>(),
                                  bp.grad_out.const_data_ptr<scalar_t>(),
                                  bp.mean.const_data_ptr<acc_t>(),
                                  bp.rstd.const_data_ptr<acc_t>(),
-                                 w.defined() ? w.const_data_ptr<acc_t>() : nullptr,
+                                 cpu::param_values(p.weight, weight_values),
                                  grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr,
                                  sums.data(),
                                  sums.data() + sh.N * sh.C,

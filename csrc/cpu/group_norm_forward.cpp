@@ -19,6 +19,7 @@
 #include "../group_norm.h"
 #include "huge_pages.h"
 #include "loops.h"
+#include "params.h"
 #include "schedule.h"
 
 namespace groupnorm_ext {
@@ -268,19 +269,15 @@ ForwardResult group_norm_forward_cpu(const Tensor& input, int64_t num_groups,
   std::tie(out, mean, rstd) = allocate_forward_outputs(p, input);
   if (p.shape.N * num_groups == 0) return {out, mean, rstd};
   cpu::advise_huge_pages(out);
-  const auto stats_t = mean.scalar_type();
-  const auto as_stats_t = [&](const Tensor& t) {
-    return !t.defined() || t.scalar_type() == stats_t ? t : t.to(stats_t);
-  };
-  const Tensor w = as_stats_t(p.weight), b = as_stats_t(p.bias);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_forward_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
+    std::vector<acc_t> weight_values, bias_values;
     const Forward<scalar_t> fwd{p.shape,
                                 forward_plan(p.shape),
                                 p.input.const_data_ptr<scalar_t>(),
                                 out.mutable_data_ptr<scalar_t>(),
-                                w.defined() ? w.const_data_ptr<acc_t>() : nullptr,
-                                b.defined() ? b.const_data_ptr<acc_t>() : nullptr,
+                                cpu::param_values(p.weight, weight_values),
+                                cpu::param_values(p.bias, bias_values),
                                 eps,
                                 mean.mutable_data_ptr<acc_t>(),
                                 rstd.mutable_data_ptr<acc_t>(),
