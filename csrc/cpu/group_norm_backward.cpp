@@ -72,8 +72,6 @@ struct Backward {
   // NSC: per-channel sums of sample n over rows of chunk k, into part_dy[0..C), part_dy_xc[0..C).
   void chunk_sums_nsc(const ChunkPlan& p, int64_t n, int64_t k, const reduce_t* channel_mean, reduce_t* part_dy,
                       reduce_t* part_dy_xc) const {
-    std::fill(part_dy, part_dy + sh.C, reduce_t(0));
-    std::fill(part_dy_xc, part_dy_xc + sh.C, reduce_t(0));
     const int64_t off = sh.offset(n, 0, p.begin(k));
     cpu::loop_grad_sums_rows(dy + off, x + off, p.end(k, sh.S) - p.begin(k), sh.C, channel_mean, part_dy, part_dy_xc,
                              prefetch);

@@ -61,7 +61,8 @@ using reduce_t = double;
      sum_dy[r], sum_dy_xc[r]: the same values as a call per run */                           \
   void loop_grad_sums_runs(const T* dy, const T* x, int64_t runs, int64_t len, reduce_t mean,  \
                            reduce_t* sum_dy, reduce_t* sum_dy_xc);                           \
-  /* per-channel sums over rows: sum_dy[c] += dy[r, c]; sum_dy_xc[c] += dy * (x - mean[c]) */ \
+  /* per-channel sums over rows: sum_dy[c] = sum of dy[r, c], sum_dy_xc[c] = sum of           \
+     dy * (x - mean[c]) */                                                                   \
   void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C,                 \
                            const reduce_t* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc,      \
                            bool prefetch);                                                   \
