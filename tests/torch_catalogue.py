@@ -93,20 +93,28 @@ def check_op_samples(op):
     return checks, failures
 
 
+def _raises_as_expected(call, expected):
+    """None when call() raises expected.error_type with a message matching expected.error_regex
+    (an ErrorInput or ModuleErrorInfo of torch's catalogue), else what went wrong."""
+    try:
+        call()
+    except Exception as ex:  # noqa: BLE001  (compared with what torch's catalogue expects)
+        if isinstance(ex, expected.error_type) and re.search(expected.error_regex, str(ex)):
+            return None
+        return (f"raised {type(ex).__name__}({str(ex)[:200]!r}), torch's catalogue expects "
+                f"{expected.error_type.__name__} matching {expected.error_regex!r}")
+    return f"no exception, torch's catalogue expects {expected.error_type.__name__}"
+
+
 def check_op_errors(op):
     checks, failures = 0, []
     for e in op.error_inputs("cpu"):
         s = e.sample_input
         label = f"input {tuple(s.input.shape)}, args {s.args}, kwargs {s.kwargs}"
         checks += 1
-        try:
-            groupnorm_ext.group_norm(s.input, *s.args, **s.kwargs)
-        except Exception as ex:  # noqa: BLE001  (compared with what torch's catalogue expects)
-            if not isinstance(ex, e.error_type) or not re.search(e.error_regex, str(ex)):
-                failures.append(f"{label}: raised {type(ex).__name__}({str(ex)[:200]!r}), torch's catalogue "
-                                f"expects {e.error_type.__name__} matching {e.error_regex!r}")
-        else:
-            failures.append(f"{label}: no exception, torch's catalogue expects {e.error_type.__name__}")
+        problem = _raises_as_expected(lambda: groupnorm_ext.group_norm(s.input, *s.args, **s.kwargs), e)
+        if problem:
+            failures.append(f"{label}: {problem}")
     return checks, failures
 
 
@@ -164,15 +172,9 @@ def check_module_errors(module_info):
         c, f = e.module_error_input.constructor_input, e.module_error_input.forward_input
         label = f"GroupNorm{c.args}{c.kwargs or ''} ({e.error_on.name})"
         checks += 1
-        try:
-            m = groupnorm_ext.GroupNorm(*c.args, **c.kwargs)
-            m(*f.args, **f.kwargs)
-        except Exception as ex:  # noqa: BLE001
-            if not isinstance(ex, e.error_type) or not re.search(e.error_regex, str(ex)):
-                failures.append(f"{label}: raised {type(ex).__name__}({str(ex)[:200]!r}), torch's catalogue "
-                                f"expects {e.error_type.__name__} matching {e.error_regex!r}")
-        else:
-            failures.append(f"{label}: no exception, torch's catalogue expects {e.error_type.__name__}")
+        problem = _raises_as_expected(lambda: groupnorm_ext.GroupNorm(*c.args, **c.kwargs)(*f.args, **f.kwargs), e)
+        if problem:
+            failures.append(f"{label}: {problem}")
     return checks, failures
 
 
