@@ -118,6 +118,7 @@ struct Forward {
   // bias. Divides once, then steps (c, ng) along: a row of a small image is a few dozen
   // elements, less work than the divisions that would locate it.
   void row_coefficients(int64_t row_begin, int64_t rows, acc_t* mean_r, acc_t* scale_r, acc_t* bias_r) const {
+    if (rows <= 0) return;  // C == 0 (an empty output, before torch 2.14): nothing to divide by
     const int64_t d = D();
     int64_t c = row_begin % sh.C, ng = row_begin / sh.C * sh.groups + c / d, c_in_group = c % d;
     for (int64_t j = 0; j < rows; ++j) {
