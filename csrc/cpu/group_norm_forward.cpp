@@ -194,11 +194,14 @@ struct Forward {
     for (int64_t ng = 0; ng < N * G; ++ng) finalize(ng, partials.data() + ng * K);
     if (ncs) {
       std::vector<acc_t> rows(3 * N * C);  // mean, scale, bias of every (n, c) row
-      row_coefficients(0, N * C, &rows[0], &rows[N * C], &rows[2 * N * C]);
+      acc_t* const mean_r = rows.data();
+      acc_t* const scale_r = mean_r + N * C;
+      acc_t* const bias_r = scale_r + N * C;
+      row_coefficients(0, N * C, mean_r, scale_r, bias_r);
       at::parallel_for(0, N * C * sh.S, kApplyGrainElems, [&](int64_t begin, int64_t end) {
         const cpu::StreamingStoresFence fence{stream};
         cpu::for_blocks_reversed(begin, end, kApplyGrainElems, [&](int64_t b, int64_t e) {
-          apply_ncs(b, e, &rows[0], &rows[N * C], &rows[2 * N * C], 0);
+          apply_ncs(b, e, mean_r, scale_r, bias_r, 0);
         });
       });
       return;
@@ -227,13 +230,16 @@ struct Forward {
         const cpu::StreamingStoresFence fence{stream};
         std::vector<Stats> partials(K);
         std::vector<acc_t> rows(3 * D());  // mean, scale, bias of the slab's rows
+        acc_t* const mean_r = rows.data();
+        acc_t* const scale_r = mean_r + D();
+        acc_t* const bias_r = scale_r + D();
         for (int64_t ng = begin; ng < end; ++ng) {
           for (int64_t k = 0; k < K; ++k) partials[k] = chunk_moments_ncs(ng, k);
           finalize(ng, partials.data());
-          row_coefficients(ng * D(), D(), &rows[0], &rows[D()], &rows[2 * D()]);  // row n * C + g * D = ng * D
+          row_coefficients(ng * D(), D(), mean_r, scale_r, bias_r);  // row n * C + g * D = ng * D
           const int64_t first = slab_offset_ncs(ng);  // the slab is contiguous
           cpu::for_blocks_reversed(first, first + D() * sh.S, kApplyGrainElems, [&](int64_t b, int64_t e) {
-            apply_ncs(b, e, &rows[0], &rows[D()], &rows[2 * D()], ng * D());
+            apply_ncs(b, e, mean_r, scale_r, bias_r, ng * D());
           });
         }
       });
