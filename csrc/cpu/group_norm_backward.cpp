@@ -111,26 +111,18 @@ struct Backward {
   // dx for elements [i0, i1) of an NCS tensor; coeffs hold one column per (n, c), column
   // row - row0. Whole rows go to loop_grad_input_runs in one call (see Forward::apply_ncs).
   void grad_input_ncs(int64_t i0, int64_t i1, const acc_t* coeffs, int64_t ld, int64_t row0) const {
-    const auto one = [&](int64_t row, int64_t i, int64_t len) {
-      const int64_t j = row - row0;
-      cpu::loop_grad_input(dy + i, x + i, dx + i, len, coeffs[j], coeffs[ld + j], coeffs[2 * ld + j],
-                           coeffs[3 * ld + j], coeffs[4 * ld + j], stream);
-    };
-    int64_t row = i0 / sh.S, i = i0;
-    const int64_t s = i0 - row * sh.S;
-    if (s > 0) {  // the end of a row
-      const int64_t len = std::min(sh.S - s, i1 - i0);
-      one(row, i, len);
-      i += len;
-      ++row;
-    }
-    const int64_t full = (i1 - i) / sh.S, j = row - row0;
-    if (full > 0) {
-      cpu::loop_grad_input_runs(dy + i, x + i, dx + i, full, sh.S, coeffs + j, coeffs + ld + j, coeffs + 2 * ld + j,
-                                coeffs + 3 * ld + j, coeffs + 4 * ld + j, stream);
-      i += full * sh.S;
-    }
-    if (i < i1) one(row + full, i, i1 - i);  // the start of a row
+    cpu::for_row_pieces(
+        i0, i1, sh.S,
+        [&](int64_t row, int64_t i, int64_t len) {
+          const int64_t j = row - row0;
+          cpu::loop_grad_input(dy + i, x + i, dx + i, len, coeffs[j], coeffs[ld + j], coeffs[2 * ld + j],
+                               coeffs[3 * ld + j], coeffs[4 * ld + j], stream);
+        },
+        [&](int64_t row, int64_t i, int64_t rows) {
+          const int64_t j = row - row0;
+          cpu::loop_grad_input_runs(dy + i, x + i, dx + i, rows, sh.S, coeffs + j, coeffs + ld + j,
+                                    coeffs + 2 * ld + j, coeffs + 3 * ld + j, coeffs + 4 * ld + j, stream);
+        });
   }
 
   // dx for rows [s0, s1) of sample n of an NSC tensor.

@@ -138,23 +138,16 @@ struct Forward {
   // an 8x8 image are 64 elements: a call per row cost more than the row).
   void apply_ncs(int64_t i0, int64_t i1, const acc_t* mean_r, const acc_t* scale_r, const acc_t* bias_r,
                  int64_t row0) const {
-    int64_t row = i0 / sh.S, i = i0;
-    const int64_t s = i0 - row * sh.S;
-    if (s > 0) {  // the end of a row
-      const int64_t len = std::min(sh.S - s, i1 - i0), j = row - row0;
-      cpu::loop_normalize(x + i, y + i, len, mean_r[j], scale_r[j], bias_r[j], stream);
-      i += len;
-      ++row;
-    }
-    const int64_t full = (i1 - i) / sh.S, j = row - row0;
-    if (full > 0) {
-      cpu::loop_normalize_runs(x + i, y + i, full, sh.S, mean_r + j, scale_r + j, bias_r + j, stream);
-      i += full * sh.S;
-    }
-    if (i < i1) {  // the start of a row
-      const int64_t k = row + full - row0;
-      cpu::loop_normalize(x + i, y + i, i1 - i, mean_r[k], scale_r[k], bias_r[k], stream);
-    }
+    cpu::for_row_pieces(
+        i0, i1, sh.S,
+        [&](int64_t row, int64_t i, int64_t len) {
+          const int64_t j = row - row0;
+          cpu::loop_normalize(x + i, y + i, len, mean_r[j], scale_r[j], bias_r[j], stream);
+        },
+        [&](int64_t row, int64_t i, int64_t rows) {
+          const int64_t j = row - row0;
+          cpu::loop_normalize_runs(x + i, y + i, rows, sh.S, mean_r + j, scale_r + j, bias_r + j, stream);
+        });
   }
 
   // Per-channel coefficients of sample n, for NSC rows.

@@ -110,6 +110,26 @@ void for_blocks_reversed(int64_t begin, int64_t end, int64_t block, const F& f) 
   }
 }
 
+// Splits elements [i0, i1) of rows of length S into a partial first row, whole rows and a
+// partial last row: part(row, i, len) for the pieces of rows, whole(row, i, rows) for the
+// whole rows in one call (a call per short row costs more than the row).
+template <typename Part, typename Whole>
+void for_row_pieces(int64_t i0, int64_t i1, int64_t S, const Part& part, const Whole& whole) {
+  int64_t row = i0 / S, i = i0;
+  if (const int64_t s = i0 - row * S; s > 0) {  // the end of a row
+    const int64_t len = std::min(S - s, i1 - i0);
+    part(row, i, len);
+    i += len;
+    ++row;
+  }
+  if (const int64_t rows = (i1 - i) / S; rows > 0) {
+    whole(row, i, rows);
+    i += rows * S;
+    row += rows;
+  }
+  if (i < i1) part(row, i, i1 - i);  // the start of a row
+}
+
 // Splits rows [r0, r1) of an (N, S) row space at sample boundaries: f(n, s0, s1).
 template <typename F>
 void for_sample_rows(int64_t r0, int64_t r1, int64_t S, const F& f) {
