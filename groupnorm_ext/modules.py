@@ -1,9 +1,22 @@
 """``GroupNorm``: a drop-in replacement for :class:`torch.nn.GroupNorm`."""
+import inspect
 from typing import Optional
 
 from torch import Tensor, nn
 
 from .functional import group_norm
+
+
+def _init_takes_bias(cls) -> bool:
+    try:
+        return "bias" in inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# nn.GroupNorm takes a keyword-only ``bias`` in torch 2.13 and 2.14; older releases (2.11, say) reject
+# it, so there the flag is applied after the base constructor, with the same result.
+_BASE_TAKES_BIAS = _init_takes_bias(nn.GroupNorm)
 
 
 class GroupNorm(nn.GroupNorm):
@@ -32,7 +45,12 @@ class GroupNorm(nn.GroupNorm):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
+        if _BASE_TAKES_BIAS:
+            super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype, bias=bias)
+        else:
+            super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
+            if affine and not bias:
+                self.bias = None  # as torch >= 2.13: the weight stays, "bias" a None parameter
         self.activation = activation
 
     def forward(self, input: Tensor) -> Tensor:

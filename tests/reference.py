@@ -5,6 +5,8 @@ independent of both the extension and torch's own group_norm kernels.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 # ---------------------------------------------------------------------------------------------------------
@@ -211,3 +213,14 @@ def assert_memory_format_preserved(out: torch.Tensor, x: torch.Tensor) -> None:
 
 def shape_id(shape) -> str:
     return "x".join(str(s) for s in shape)
+
+
+def torch_group_norm(*args, bias: bool = True, **kwargs) -> torch.nn.GroupNorm:
+    """torch.nn.GroupNorm(..., bias=...), also on torch releases before 2.13, whose GroupNorm takes no
+    bias keyword: there bias=False is the same module with its bias parameter set to None."""
+    if "bias" in inspect.signature(torch.nn.GroupNorm.__init__).parameters:
+        return torch.nn.GroupNorm(*args, bias=bias, **kwargs)
+    m = torch.nn.GroupNorm(*args, **kwargs)
+    if m.affine and not bias:
+        m.bias = None
+    return m

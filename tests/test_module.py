@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import groupnorm_ext
-from reference import make_input, tol
+from reference import make_input, tol, torch_group_norm
 
 
 def test_attributes_and_init_values():
@@ -64,13 +64,13 @@ def test_extra_repr_names_the_hyperparameters():
 @pytest.mark.parametrize("kwargs", [{}, {"eps": 1e-3}, {"affine": False}, {"bias": False},
                                     {"affine": False, "bias": False}], ids=str)
 def test_repr_is_torchs(kwargs):
-    assert repr(groupnorm_ext.GroupNorm(4, 8, **kwargs)) == repr(torch.nn.GroupNorm(4, 8, **kwargs))
+    assert repr(groupnorm_ext.GroupNorm(4, 8, **kwargs)) == repr(torch_group_norm(4, 8, **kwargs))
 
 
 def test_bias_false_keeps_the_weight_and_drops_the_bias_like_torch():
     """nn.GroupNorm(..., bias=False): a weight, no bias; same parameters, state_dict, output and grads."""
     torch.manual_seed(0)
-    ref = torch.nn.GroupNorm(3, 6, bias=False)
+    ref = torch_group_norm(3, 6, bias=False)
     with torch.no_grad():
         ref.weight.uniform_(0.5, 1.5)
     m = groupnorm_ext.GroupNorm(3, 6, bias=False)
@@ -91,9 +91,27 @@ def test_bias_false_keeps_the_weight_and_drops_the_bias_like_torch():
     torch.testing.assert_close(scripted(x), expected, **tol(torch.float32))
 
 
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bias_flag_on_a_torch_whose_group_norm_lacks_it(monkeypatch, affine, bias):
+    """Before 2.13 nn.GroupNorm took no bias keyword (the GPU machine's torch 2.11 raised TypeError on
+    every GroupNorm(...) of ours): the flag is then applied after the base constructor. The module must
+    be the one the keyword builds: parameters, initial values, state_dict keys, repr and output."""
+    native = groupnorm_ext.GroupNorm(3, 6, affine=affine, bias=bias)
+    monkeypatch.setattr(groupnorm_ext.modules, "_BASE_TAKES_BIAS", False)
+    emulated = groupnorm_ext.GroupNorm(3, 6, affine=affine, bias=bias)
+    assert [(n, p.tolist()) for n, p in emulated.named_parameters()] == \
+        [(n, p.tolist()) for n, p in native.named_parameters()]
+    assert emulated.state_dict().keys() == native.state_dict().keys()
+    assert repr(emulated) == repr(native)
+    x = make_input((2, 6, 5, 3), seed=3)
+    torch.testing.assert_close(emulated(x), native(x), atol=0, rtol=0)
+
+
 def test_bias_is_keyword_only_like_torch():
-    with pytest.raises(TypeError):
-        torch.nn.GroupNorm(2, 4, 1e-5, True, None, None, False)
+    if groupnorm_ext.modules._BASE_TAKES_BIAS:
+        with pytest.raises(TypeError):
+            torch.nn.GroupNorm(2, 4, 1e-5, True, None, None, False)
     # the eighth positional argument is ours: activation
     assert groupnorm_ext.GroupNorm(2, 4, 1e-5, True, None, None, "identity").activation == "identity"
     assert groupnorm_ext.GroupNorm(2, 4, bias=False, activation="identity").bias is None
