@@ -17,6 +17,7 @@ CASES = [  # (shape, G, layout, dtype)
     ((2, 64, 9, 11), 16, "misaligned", torch.float16),
     ((4, 8, 33), 2, "contiguous", torch.float64),
     ((1, 32, 16, 16), 1, "channels_last", torch.float32),
+    ((2, 64, 8, 8), 8, "channels_last", torch.bfloat16),   # single-read NSC forward over a cluster
 ]
 
 

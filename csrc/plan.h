@@ -315,6 +315,49 @@ struct FastDivU32 {
   }
 };
 
+// The vectors of one (n, group) slab, for the kernel that holds whole slabs on chip. An NCS
+// slab is one run of D * S elements; an NSC slab is S rows of D channels, C apart in memory.
+// With VEC dividing D and C (NSC) every vector lies inside one row, so vector i starts at row
+// i / (D / VEC), column (i % (D / VEC)) * VEC, and its VEC channels are consecutive. Slabs are
+// at most 2^31 elements (the on-chip limit is far below), so in-slab arithmetic is 32-bit; the
+// slab's own offset is 64-bit.
+struct SlabVectors {
+  int64_t C;            // channels (the NSC row stride)
+  int64_t S;
+  int64_t D;            // channels per group
+  int64_t groups;
+  int vec;              // elements per vector
+  bool nsc;
+  uint32_t row_vecs;    // NSC: D / vec
+  FastDivU32 div_row;   // NSC: vector -> row
+  FastDivU32 div_s;     // NCS: slab offset -> channel in the group
+
+  SlabVectors() = default;
+  GN_HOST_DEVICE SlabVectors(const GroupNormShape& sh, int vec_elems)
+      : C(sh.C), S(sh.S), D(sh.channels_per_group()), groups(sh.groups), vec(vec_elems),
+        nsc(sh.order == MemoryOrder::NSC), row_vecs(static_cast<uint32_t>(D / vec_elems)),
+        div_row(static_cast<uint32_t>(D / vec_elems > 0 ? D / vec_elems : 1)),
+        div_s(static_cast<uint32_t>(sh.S > 0 ? sh.S : 1)) {}
+
+  // Offset of slab ng = n * groups + g (its first element) in the tensor.
+  GN_HOST_DEVICE int64_t slab_offset(int64_t ng) const {
+    if (!nsc) return ng * D * S;
+    const int64_t n = ng / groups;
+    return n * S * C + (ng - n * groups) * D;
+  }
+  // Offset of vector i's first element from the slab's first element.
+  GN_HOST_DEVICE int64_t vector_offset(uint32_t i) const {
+    if (!nsc) return static_cast<int64_t>(i) * vec;
+    const uint32_t row = div_row.div(i);
+    return static_cast<int64_t>(row) * C + static_cast<int64_t>(i - row * row_vecs) * vec;
+  }
+  // Channel, within the group, of element e of vector i.
+  GN_HOST_DEVICE int64_t channel_in_group(uint32_t i, int e) const {
+    if (!nsc) return div_s.div(i * static_cast<uint32_t>(vec) + static_cast<uint32_t>(e));
+    return static_cast<int64_t>(i - div_row.div(i) * row_vecs) * vec + e;
+  }
+};
+
 // a / b for a >= 0, b > 0, with 32-bit arithmetic when both fit (an inline instruction
 // sequence on the GPU instead of the 64-bit division subroutine).
 GN_HOST_DEVICE int64_t div_nonneg(int64_t a, int64_t b) {

@@ -217,7 +217,11 @@ PATH_CASES = [
     ((1, 32, 160, 160), 1, "channels_last", torch.float32, None),      # NSC, G=1, 100 chunks
     ((2, 4096, 3, 5), 32, "channels_last", torch.float32, None),       # C too large for shared slots
     ((1, 8192, 2, 2), 64, "channels_last", torch.bfloat16, None),      # C >= the elementwise tile
-    ((2, 1280, 16, 16), 32, "channels_last", torch.bfloat16, torch.float32),  # cols > threads
+    ((2, 1280, 16, 16), 64, "channels_last", torch.bfloat16, torch.float32),  # cols > threads (D % 8: not fused)
+    ((4, 1280, 8, 8), 32, "channels_last", torch.float32, None),       # fused NSC, rows of 10 vectors, cluster 2
+    ((1, 64, 64, 64), 4, "channels_last", torch.float32, None),        # fused NSC, 64K slab over a cluster of 8
+    ((2, 64, 32, 32), 4, "channels_last", torch.bfloat16, torch.float32),  # fused NSC, float32 affine
+    ((2, 16, 4, 16, 16), 4, "channels_last_3d", torch.float32, None),  # fused NSC, rank 5, one vector per row
     ((3, 64, 9, 11), 16, "contiguous", torch.float64, None),           # double everywhere
     ((2, 64, 8, 8), 16, "contiguous", torch.bfloat16, torch.float32),  # fused, float32 affine
     ((2, 16, 5000), 4, "contiguous", torch.float16, None),             # rank 3, slab 20000 (cluster)
@@ -249,8 +253,9 @@ def test_kernel_paths(shape, G, layout, dtype, affine_dtype):
 
 
 @pytest.mark.parametrize("shape,G,layout", [((2, 32, 32, 32), 4, "contiguous"), ((1, 8, 300, 700), 1, "contiguous"),
-                                            ((1, 32, 160, 160), 1, "channels_last")],
-                         ids=["cluster", "chunked", "nsc-chunked"])
+                                            ((1, 32, 160, 160), 1, "channels_last"),
+                                            ((1, 64, 64, 64), 4, "channels_last")],
+                         ids=["cluster", "chunked", "nsc-chunked", "nsc-cluster"])
 def test_paths_deterministic(shape, G, layout):
     x = make(shape, torch.float32, layout, seed=33, requires_grad=True)
     w, b = make_affine(shape[1], seed=34, device=DEVICE, requires_grad=True)

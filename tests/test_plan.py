@@ -190,6 +190,23 @@ def test_tile_channels(N, C, S, channels_last, tile):
     assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("N,C,S,G,vec", [(2, 6, 4, 3, 2), (1, 8, 8, 2, 4), (3, 40, 5, 5, 8), (2, 1280, 3, 32, 4),
+                                          (2, 64, 7, 4, 8), (1, 4, 9, 1, 4), (2, 16, 6, 2, 8)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_slab_vectors(N, C, S, G, vec, channels_last):
+    # the single-read CUDA forward's walk of each slab: every element of the tensor exactly once,
+    # each slab holding only its own group's elements, each with its true channel
+    got = _C._plan_slab_vectors(N, C, S, G, channels_last, vec)
+    offsets, channels = got[:, 0], got[:, 1]
+    assert torch.equal(offsets.sort().values, torch.arange(N * C * S))
+    x = torch.arange(N * C * S).reshape(N, S, C).permute(0, 2, 1) if channels_last \
+        else torch.arange(N * C * S).reshape(N, C, S)
+    expected = x.reshape(N * G, -1).sort(dim=1).values  # each slab's offsets
+    assert torch.equal(offsets.reshape(N * G, -1).sort(dim=1).values, expected)
+    true_channel = (offsets % C) if channels_last else (offsets // S) % C
+    assert torch.equal(channels, true_channel)
+
+
 @pytest.mark.parametrize("K,L", [(1, 5), (2, 3), (5, 7), (64, 3), (1000, 2), (4097, 1)])
 def test_combine_by_levels_matches_sequential_tree(K, L):
     # the CUDA finalize runs each level of the tree in parallel: same bits as the loop

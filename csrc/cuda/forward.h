@@ -20,7 +20,7 @@ void forward_stats(const ForwardProblem& p, double eps, at::Tensor& mean, at::Te
 void forward_apply(const ForwardProblem& p, const at::Tensor& scale_shift, at::Tensor& out,
                    cudaStream_t stream);
 
-// forward_fused.cu: the whole forward in one kernel when every NCS slab fits on chip (one
+// forward_fused.cu: the whole forward in one kernel when every slab fits on chip (one
 // block, or a thread-block cluster on sm_90+): x is read once. Returns false, launching
 // nothing, when the problem does not qualify.
 bool forward_fused(const ForwardProblem& p, double eps, at::Tensor& out, at::Tensor& mean,

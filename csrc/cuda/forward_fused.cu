@@ -1,5 +1,6 @@
-// The single-read forward for NCS inputs whose (n, group) slabs fit on chip. A slab (one
-// contiguous run of D * S elements) is split over a thread-block cluster of `cs` blocks
+// The single-read forward for inputs whose (n, group) slabs fit on chip. A slab (one
+// contiguous run of D * S elements in NCS; S rows of D channels, C apart, in NSC: the
+// plan's SlabVectors walks both) is split over a thread-block cluster of `cs` blocks
 // (cs = 1 below sm_90); each block keeps its piece in registers, so x is read from memory
 // once and y written once. The statistics come from one pass over the registers (shifted
 // sums in double); the blocks exchange their partial sums once through distributed shared
@@ -37,11 +38,8 @@ struct FusedArgs {
   int64_t slab_len;    // D * S
   int64_t slab_vecs;   // slab_len / VEC
   int64_t piece_vecs;  // vectors per block of a cluster
-  int64_t S;
-  int64_t C;
-  int64_t groups;
+  SlabVectors sv;      // where each vector of a slab lies, and its channels
   int cluster;         // blocks per slab
-  FastDivU32 div_s;    // slab offset -> channel in the group (slab_len < 2^31)
   reduce_t eps;
 };
 
@@ -84,19 +82,20 @@ __global__ void __launch_bounds__(kFusedThreads, 3) fused_forward_kernel(
   const int64_t v_begin = rank * a.piece_vecs;
   const int64_t v_end = min(v_begin + a.piece_vecs, a.slab_vecs);
   const int count_vecs = static_cast<int>(v_end > v_begin ? v_end - v_begin : 0);
-  const T* xs = x + ng * a.slab_len + v_begin * VEC;
-  T* ys = y + ng * a.slab_len + v_begin * VEC;
+  const int64_t slab = a.sv.slab_offset(ng);
+  const T* xs = x + slab;
+  T* ys = y + slab;
 
   Vec<T, VEC> v[kVecs];
 #pragma unroll
   for (int j = 0; j < kVecs; ++j) {
     const int i = j * kFusedThreads + static_cast<int>(threadIdx.x);
-    if (i < count_vecs) v[j] = load_vec<T, VEC>(xs + static_cast<int64_t>(i) * VEC);
+    if (i < count_vecs) v[j] = load_vec<T, VEC>(xs + a.sv.vector_offset(static_cast<uint32_t>(v_begin + i)));
   }
   // One pass over the registers: sums of d = x - shift with the shift the slab's first
-  // element (the shifted-data algorithm in double, see moments_from_deviations), so the
-  // cluster exchanges its partial sums once.
-  const reduce_t shift = static_cast<reduce_t>(static_cast<acc_t>(x[ng * a.slab_len]));
+  // element in memory (the shifted-data algorithm in double, see moments_from_deviations),
+  // so the cluster exchanges its partial sums once.
+  const reduce_t shift = static_cast<reduce_t>(static_cast<acc_t>(xs[0]));
   reduce_t sum_d = 0, sum_d2 = 0;
 #pragma unroll
   for (int j = 0; j < kVecs; ++j) {
@@ -121,21 +120,22 @@ __global__ void __launch_bounds__(kFusedThreads, 3) fused_forward_kernel(
   }
   __syncthreads();
   const reduce_t mean = bcast[0], rstd = bcast[1];
-  const int64_t c_base = (ng % a.groups) * (a.slab_len / a.S);  // first channel of the group
+  const int64_t c_base = (ng % a.sv.groups) * a.sv.D;  // first channel of the group
 
-  // y = x * scale[c] + shift[c], from registers
+  // y = x * scale[c] + shift[c], from registers. NCS: a vector's elements share a channel
+  // unless it straddles two; NSC: its VEC channels are consecutive, one table entry each.
 #pragma unroll
   for (int j = 0; j < kVecs; ++j) {
     const int i = j * kFusedThreads + static_cast<int>(threadIdx.x);
     if (i < count_vecs) {
-      const uint32_t e0 = static_cast<uint32_t>((v_begin + i) * VEC);  // offset in the slab
+      const uint32_t vi = static_cast<uint32_t>(v_begin + i);
       Vec<T, VEC> o;
       int64_t c_prev = -1;
       acc_t scale = 0, shift = 0;
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const int64_t c = c_base + a.div_s.div(e0 + e);
-        if (c != c_prev) {  // once per vector unless the vector straddles channels
+        const int64_t c = c_base + a.sv.channel_in_group(vi, e);
+        if (c != c_prev) {
           const reduce_t s = rstd * (weight ? static_cast<reduce_t>(weight[c]) : reduce_t(1));
           scale = static_cast<acc_t>(s);
           shift = static_cast<acc_t>((bias ? static_cast<reduce_t>(bias[c]) : reduce_t(0)) - mean * s);
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3) fused_forward_kernel(
         }
         o.v[e] = static_cast<T>(static_cast<acc_t>(v[j].v[e]) * scale + shift);
       }
-      store_vec<T, VEC>(ys + static_cast<int64_t>(i) * VEC, o);
+      store_vec<T, VEC>(ys + a.sv.vector_offset(vi), o);
     }
   }
 }
@@ -204,10 +204,12 @@ bool forward_fused(const ForwardProblem& p, double eps, at::Tensor& out, at::Ten
     return env == nullptr || std::string_view(env) != "0";
   }();
   const GroupNormShape& sh = p.shape;
-  if (!enabled || sh.order != MemoryOrder::NCS) return false;
+  if (!enabled) return false;
   const int vec = static_cast<int>(kVecBytes / p.input.element_size());
   const int64_t slab_len = sh.group_elems();
-  if (slab_len == 0 || slab_len % vec != 0 || !aligned_to(p.input.const_data_ptr(), kVecBytes) ||
+  // NSC: every vector inside one row of the group's channels (see SlabVectors)
+  const bool rows_split = sh.order == MemoryOrder::NSC && (sh.channels_per_group() % vec != 0 || sh.C % vec != 0);
+  if (slab_len == 0 || slab_len % vec != 0 || rows_split || !aligned_to(p.input.const_data_ptr(), kVecBytes) ||
       !aligned_to(out.const_data_ptr(), kVecBytes)) {
     return false;
   }
@@ -234,10 +236,7 @@ bool forward_fused(const ForwardProblem& p, double eps, at::Tensor& out, at::Ten
   a.slab_vecs = slab_vecs;
   a.cluster = static_cast<int>(cluster);
   a.piece_vecs = (slab_vecs + cluster - 1) / cluster;
-  a.S = sh.S;
-  a.C = sh.C;
-  a.groups = sh.groups;
-  a.div_s = FastDivU32(static_cast<uint32_t>(sh.S));
+  a.sv = SlabVectors(sh, vec);
   a.eps = static_cast<reduce_t>(eps);
   const at::ScalarType param_type = p.weight.defined() ? p.weight.scalar_type()
                                     : p.bias.defined() ? p.bias.scalar_type() : p.input.scalar_type();

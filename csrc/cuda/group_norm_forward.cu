@@ -1,4 +1,4 @@
-// CUDA forward: the op entry point. When every (n, group) slab of an NCS input fits on chip
+// CUDA forward: the op entry point. When every (n, group) slab of the input fits on chip
 // (forward_fused.cu) x is read once; otherwise statistics by the shared plan
 // (forward_stats.cu) and an elementwise apply pass (forward_apply.cu).
 #include <ATen/ATen.h>

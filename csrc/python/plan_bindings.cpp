@@ -149,6 +149,28 @@ at::Tensor tile_channels(int64_t N, int64_t C, int64_t S, int64_t G, bool channe
   return out;
 }
 
+// Every element of every slab as the single-read CUDA forward walks it (SlabVectors): an
+// (N * G * D * S, 2) tensor of (memory offset, channel), slab by slab, vector by vector.
+at::Tensor slab_vectors(int64_t N, int64_t C, int64_t S, int64_t G, bool channels_last, int64_t vec) {
+  const GroupNormShape sh = make_shape(N, C, S, G, channels_last);
+  const int64_t D = C / G, slab_len = D * S;
+  TORCH_CHECK(vec >= 1 && slab_len % vec == 0 && (!channels_last || (D % vec == 0 && C % vec == 0)),
+              "slab_vectors: the vector must divide the slab (and D and C for channels last)");
+  const SlabVectors sv(sh, static_cast<int>(vec));
+  at::Tensor out = at::empty({sh.numel(), 2}, at::kLong);
+  int64_t* o = out.data_ptr<int64_t>();
+  for (int64_t ng = 0; ng < N * G; ++ng) {
+    const int64_t g = ng % G;
+    for (int64_t i = 0; i < slab_len / vec; ++i) {
+      for (int e = 0; e < vec; ++e) {
+        *o++ = sv.slab_offset(ng) + sv.vector_offset(static_cast<uint32_t>(i)) + e;
+        *o++ = g * D + sv.channel_in_group(static_cast<uint32_t>(i), e);
+      }
+    }
+  }
+  return out;
+}
+
 // The plan's fixed tree run level by level as the CUDA finalize runs it (pairs of a level
 // in any order): must give the bits of combine_moments_tree.
 std::tuple<double, double, double> combine_chunks_by_levels(const at::Tensor& chunks) {
@@ -178,6 +200,7 @@ void bind_plan(pybind11::module& m) {
   m.def("_plan_vector_split", &vector_split);
   m.def("_plan_fast_div", &fast_div);
   m.def("_plan_tile_channels", &tile_channels);
+  m.def("_plan_slab_vectors", &slab_vectors);
   m.def("_plan_combine_chunks_by_levels", &combine_chunks_by_levels);
 }
 
