@@ -12,7 +12,8 @@
 # SANITIZER_TOOLS picks the compute-sanitizer tools (default: memcheck racecheck);
 # COMPILE_FILTER (a --filter regex) adds a torch.compile comparison on those cases;
 # UNFUSED_FILTER (a --filter regex) times those cases again with GROUPNORM_EXT_CUDA_FUSED=0;
-# PROFILE=1 adds Nsight Compute counters per kernel (bench/gpu_profile.py; ncu.md, ncu.csv).
+# PROFILE=1 adds Nsight Compute counters per kernel (bench/gpu_profile.py; ncu.md, ncu.csv);
+# 5. runs the CPU tests under the machine's own torch (SKIP_CPU_TESTS=1 leaves them out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-bench/results/gpu-check}}
@@ -89,8 +90,29 @@ if [ -n "${PROFILE:-}" ]; then
   $PY bench/gpu_profile.py --summarize "$OUT_DIR/ncu.csv" >"$OUT_DIR/ncu.md" 2>&1; cat "$OUT_DIR/ncu.md"
 fi
 
+# The rest of the suite (the CPU tests) under this machine's python and torch, which differ from
+# CI's pinned ones (torch 2.11 and python 3.12 on the lent H100s): version differences surface
+# here. A crash is rerun under cuda-gdb (no plain gdb there) for its native backtrace.
+# SKIP_CPU_TESTS=1 leaves this step out.
+if [ -z "${SKIP_CPU_TESTS:-}" ]; then
+  step "CPU tests (this machine's torch)"
+  timeout ${CPU_TEST_TIMEOUT:-180} $PY -X faulthandler -m pytest -q -p no:cacheprovider -k "not cuda" -m "not large" \
+      --ignore=tests/test_cpp_deploy.py --ignore=tests/test_distributed.py tests >"$OUT_DIR/cpu-tests.log" 2>&1
+  rc=$?; [ $rc -ne 0 ] && status=1
+  grep -E "^(FAILED|ERROR)|^Fatal Python" "$OUT_DIR/cpu-tests.log" | head -30
+  tail -2 "$OUT_DIR/cpu-tests.log"; echo "exit $rc"
+  crashed=$(grep -oE 'tests/test_[a-z_0-9]+\.py", line [0-9]+ in test_[A-Za-z_0-9]+' "$OUT_DIR/cpu-tests.log" | tail -1)
+  if [ $rc -ge 128 ] && [ $rc -ne 137 ] && [ -n "$crashed" ]; then
+    file=${crashed%%\"*}; name=${crashed##* in }
+    echo "crash in $file::$name; native backtrace (cuda-gdb):"
+    timeout 120 cuda-gdb -q -batch -ex run -ex bt --args $PY -m pytest -x -q -p no:cacheprovider "$file" \
+        -k "$name and not cuda" >"$OUT_DIR/cpu-crash-bt.log" 2>&1
+    grep -E "^#[0-9]+ " "$OUT_DIR/cpu-crash-bt.log" | cut -c1-220 | head -40
+  fi
+fi
+
 # the logs in one archive (a results folder then holds: table .md/.png/.json + logs.tar.gz)
 (cd "$OUT_DIR" && tar czf logs.tar.gz ./*.log static_check.md ncu.csv 2>/dev/null; rm -f build.log tests.log \
-    sanitizer-*.log bench-*.log ncu-stderr.log static_check.md ncu.csv)
+    sanitizer-*.log bench-*.log ncu-stderr.log static_check.md ncu.csv cpu-tests.log cpu-crash-bt.log)
 echo; echo "gpu_check: $([ $status -eq 0 ] && echo PASSED || echo FAILED) ($(date +%T))"
 exit $status
