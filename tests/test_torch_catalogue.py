@@ -9,12 +9,18 @@ import sys
 
 import pytest
 
+import groupnorm_ext
+
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_catalogue.py")
 
 
 @pytest.fixture(scope="module")
 def report():
-    proc = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, timeout=600)
+    # the child imports the groupnorm_ext this process imported, installed or not (`python SCRIPT`
+    # puts tests/ on its path, not the working directory)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(groupnorm_ext.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, f"torch_catalogue.py failed:\n{proc.stderr[-3000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
