@@ -27,6 +27,9 @@ step environment
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv || true
 $PY -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
 nvcc --version | tail -2 || true
+# the host compiler the build will use (a crash seen only with the machine's own build: see
+# bench/results/cuda-notes.md)
+${CXX:-c++} --version | head -1 || true
 ARCH=$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
 
 step "build (TORCH_CUDA_ARCH_LIST=$ARCH)"
