@@ -189,29 +189,25 @@ def check_case(case, ours_fn, torch_fn, x, weight, bias, grad_out) -> dict[str, 
 
 
 def time_case(case, impls, timer, policy, x, weight, bias, grad_out) -> dict[tuple[str, str], list]:
-    """{(impl, pass): samples in seconds} for pass in fwd, fwd+bwd. Ours and torch eager take turns:
-    call by call on the CPU, policy.rounds turns on a GPU; both make the same number of calls, sized
-    by the slower one's warm-up. torch.compile runs in a rotation of its own, after them: with its
-    calls between the eager ones, a small CPU fwd+bwd of ours and of torch both took ~2.4x as long
-    (the compiled function's runtime and its OpenMP kernels disturb the calls around them). The
-    forward runs under no_grad (inference); the no_grad switch sits outside the timed calls."""
+    """{(impl, pass): samples in seconds} for pass in fwd, fwd+bwd. The impls take turns: call by call
+    on the CPU, policy.rounds turns on a GPU; every impl makes the same number of calls, sized by the
+    slowest one's warm-up. The forward runs under no_grad (inference); the no_grad switch sits
+    outside the timed calls."""
     g = case.groups
     xr, wr, br = (t.detach().requires_grad_() for t in (x, weight, bias))
     calls = {
         "fwd": lambda fn: (lambda: fn(x, g, weight, bias, EPS)),
         "fwd+bwd": lambda fn: (lambda: torch.autograd.grad(fn(xr, g, wr, br, EPS), (xr, wr, br), grad_out)),
     }
-    rotations = [[name for name in impls if name != "compile"], [name for name in impls if name == "compile"]]
     samples = {}
     for pass_, make in calls.items():
         with torch.set_grad_enabled(pass_ != "fwd"):
-            for names in filter(None, rotations):
-                fns = {name: make(impls[name]) for name in names}
-                estimate = max(timer.warm_up(fn, policy.warmup) for fn in fns.values())
-                reps = policy.reps_for(estimate)
-                turns = reps if timer.interleave_calls else policy.rounds
-                for name, s in timer.take_turns(fns, reps, turns).items():
-                    samples[(name, pass_)] = s
+            fns = {name: make(fn) for name, fn in impls.items()}
+            estimate = max(timer.warm_up(fn, policy.warmup) for fn in fns.values())
+            reps = policy.reps_for(estimate)
+            turns = reps if timer.interleave_calls else policy.rounds
+            for name, s in timer.take_turns(fns, reps, turns).items():
+                samples[(name, pass_)] = s
     return samples
 
 
@@ -221,8 +217,13 @@ def moved_bytes(case: shapes.Case, pass_: str) -> int:
 
 
 def run_case(case, ext, timer, policy, args, copy_gbps) -> list[dict]:
+    """Ours and torch eager take turns first; torch.compile is compiled and timed after them, on
+    its own: compiling starts worker processes and its compiled calls disturb the calls around
+    them (between the eager ones they made a small CPU fwd+bwd of ours and of torch ~2.4x slower)."""
     impls = {"ours": ext.group_norm, "torch": F.group_norm}
     x, weight, bias, grad_out = make_inputs(case, args.device)
+    checks = check_case(case, impls["ours"], impls["torch"], x, weight, bias, grad_out)
+    samples = time_case(case, impls, timer, policy, x, weight, bias, grad_out)
     if args.compile:
         torch._dynamo.reset()  # a fresh cache per case: otherwise the recompile limit falls back to eager
         compiled = torch.compile(F.group_norm, dynamic=False)
@@ -230,10 +231,9 @@ def run_case(case, ext, timer, policy, args, copy_gbps) -> list[dict]:
             xr = x.detach().requires_grad_()
             torch.autograd.grad(compiled(xr, case.groups, weight, bias, EPS), xr, grad_out)
             impls["compile"] = compiled
+            samples.update(time_case(case, {"compile": compiled}, timer, policy, x, weight, bias, grad_out))
         except Exception as e:  # noqa: BLE001  (any compile failure: the column shows "-")
             print(f"    torch.compile failed, no compile column for this case: {type(e).__name__}: {e}"[:300])
-    checks = check_case(case, impls["ours"], impls["torch"], x, weight, bias, grad_out)
-    samples = time_case(case, impls, timer, policy, x, weight, bias, grad_out)
     rows = []
     for pass_ in ("fwd", "fwd+bwd"):
         med = {name: timing.median(samples[(name, pass_)]) for name in impls}
@@ -318,7 +318,7 @@ def main(argv=None) -> int:
         + f" after {policy.warmup} warm-up, "
         + ("ours and torch alternating call by call" if timer.interleave_calls
            else f"ours and torch taking {policy.rounds} turns each")
-        + ("; torch.compile timed in its own rotation after them" if args.compile else "")
+        + ("; torch.compile compiled and timed after them, on its own" if args.compile else "")
         + ("; CUDA events, 256 MiB written before each call to flush L2" if args.device == "cuda"
            else "; time.perf_counter"),
     }
