@@ -72,7 +72,8 @@ def test_gradcheck_float64(shape, G, layout, affine):
 
 # ------------------------------------------------------------------------------------ float32 vs torch
 SHAPES = [((3, 6), 3), ((2, 6, 7), 2), ((2, 6, 5, 3), 3), ((1, 8, 3, 4, 5), 4), ((4, 12, 3, 5), 12),
-          ((2, 8, 4, 4), 1)]
+          ((2, 8, 4, 4), 1),
+          ((2, 1288, 5, 7), 8)]  # channels_last: gradient sums by 16-channel blocks, then a row-loop tail
 CASES = [pytest.param(s, g, lay, id=f"{shape_id(s)}-G{g}-{lay}")
          for s, g in SHAPES for lay in layouts_for_rank(len(s))]
 
@@ -114,6 +115,7 @@ def test_grad_out_layout_differs_from_input(x_layout, gy_layout):
 @pytest.mark.parametrize("shape,G,layout", [
     pytest.param((2, 6, 5, 3), 3, "contiguous", id="2x6x5x3-G3-contiguous"),
     pytest.param((2, 6, 5, 3), 2, "channels_last", id="2x6x5x3-G2-channels_last"),
+    pytest.param((2, 1288, 5, 7), 8, "channels_last", id="2x1288x5x7-G8-channels_last"),
     pytest.param((1, 8, 3, 4, 5), 4, "channels_last_3d", id="1x8x3x4x5-G4-channels_last_3d"),
     pytest.param((3, 6, 7), 6, "strided", id="3x6x7-G6-strided"),
     pytest.param((4, 8), 2, "contiguous", id="4x8-G2-contiguous"),
