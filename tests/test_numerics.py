@@ -159,8 +159,8 @@ def test_huge_magnitudes_keep_the_variance(dtype, magnitude, shape, G, layout):
 
 
 # The other end: |x| ~ 1e-25, where d^2 falls below float's normal range (1.2e-38) and the float lanes
-# some reductions use (moments_impl, sum_dev_rows_impl in loops.cpp) would lose every digit; eps = 0 so
-# that the variance itself is what rstd shows.
+# some reductions use (moments_impl, sum_dev_rows_impl in loops_forward.cpp) would lose every digit;
+# eps = 0 so that the variance itself is what rstd shows.
 @pytest.mark.parametrize("shape,G,layout", HUGE_SHAPES)
 @pytest.mark.parametrize("dtype,magnitude", [pytest.param(torch.float32, 1e-25, id="float32-1e-25"),
                                              pytest.param(torch.bfloat16, 1e-25, id="bfloat16-1e-25"),

@@ -1,4 +1,4 @@
-"""Streaming stores (csrc/cpu/loops.cpp, write_output): large CPU outputs are computed into an L1 buffer
+"""Streaming stores (csrc/cpu/simd.h, write_streamed): large CPU outputs are computed into an L1 buffer
 and written with non-temporal stores. Only the stores differ, so every output must be bitwise the one
 the plain path writes. GROUPNORM_EXT_STREAMING_STORES is read once per process, so each mode runs in a
 child process over the same inputs: =1 streams every output (any size, so the small cases below reach the

@@ -1,7 +1,8 @@
 // The CPU inner loops: contiguous runs of one dtype, accumulated in its opmath type.
-// Each is a plain function compiled several times by GCC `target_clones` (loops.cpp):
-// the dynamic loader picks the AVX-512, AVX2 or baseline clone for the running CPU, so
-// the default build stays portable (no -march=native) and still uses wide vectors.
+// Each is a plain function compiled several times by GCC `target_clones` (loops_forward.cpp,
+// loops_backward.cpp): the dynamic loader picks the AVX-512, AVX2 or baseline clone for the
+// running CPU, so the default build stays portable (no -march=native) and still uses wide
+// vectors.
 #pragma once
 
 #include <cstdint>
@@ -24,7 +25,7 @@ using opmath_t = typename Opmath<T>::type;
 // keeps (x - mean)^2 from overflowing for |x| ~ 1e30 and the mean exact to float
 // precision on huge groups. Elementwise passes run in opmath_t. Three exceptions inside one
 // chunk, all falling back to double where float could lose: the moments of a contiguous
-// run (loops.cpp, moments_impl), the channels_last deviations (four-row partial sums,
+// run (loops_forward.cpp, moments_impl), the channels_last deviations (four-row partial sums,
 // sum_dev_rows_impl) and the gradient sums of bfloat16 / half data.
 using reduce_t = double;
 
@@ -34,7 +35,7 @@ using reduce_t = double;
   /* sums of d = x - mean and of d^2 over x[0..n) (corrected two-pass moments) */            \
   void loop_sum_dev(const T* x, int64_t n, reduce_t mean, reduce_t* sum_d, reduce_t* sum_d2); \
   /* moments (count, mean, M2) of x[0..n), n > 0: the corrected two-pass algorithm, in      \
-     float lanes when the data allow it (see loops.cpp), else in double */                  \
+     float lanes when the data allow it (see loops_forward.cpp), else in double */          \
   void loop_moments(const T* x, int64_t n, reduce_t* mean, reduce_t* m2);                    \
   /* y = (x - mean) * scale + bias, one coefficient set for the run (NCS apply). The        \
      elementwise loops take `stream`: write the output with streaming stores (see           \

@@ -72,12 +72,12 @@ inline bool streaming_stores_pay(int64_t footprint_bytes) {
   return footprint_bytes >= llc / 8;
 }
 
-// Whether the channels_last reductions should prefetch their rows in software (loops.cpp,
+// Whether the channels_last reductions should prefetch their rows in software (simd.h,
 // prefetch_block_ahead): when the data they read, `bytes`, is well beyond what the threads'
 // L2 caches hold, so that it comes from the far slices of the last-level cache or from
 // memory. There the four-row loops ran 1.4-2x faster with it (2x32x64^3 float32
-// channels_last_3d forward, with the float deviations of loops.cpp: 9.5-11.8 -> 5.4-6.3 ms);
-// on a few MB already near, it cost up to 10% for long rows (C = 640).
+// channels_last_3d forward, with the float deviations of loops_forward.cpp: 9.5-11.8 -> 5.4-6.3
+// ms); on a few MB already near, it cost up to 10% for long rows (C = 640).
 inline bool software_prefetch_pays(int64_t bytes) {
   return bytes >= 4 * l2_cache_bytes() * std::max<int64_t>(1, at::get_num_threads());
 }

@@ -1,0 +1,326 @@
+// The backward's loops declared in loops.h: the gradient sums (sum dy, sum dy * (x - mean))
+// of contiguous runs and of channels-last rows, and the grad_input passes. GCC
+// `target_clones` wrappers around always-inline templates, as loops_forward.cpp.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "loops.h"
+#include "simd.h"
+
+namespace groupnorm_ext {
+namespace cpu {
+namespace {
+
+using namespace simd;
+
+// Sixteen consecutive values as two vectors of doubles, converted through one float
+// vector: for bfloat16 one widening load and a shift, where load8 twice lowered to
+// four-lane pieces and shuffles that cost more than the arithmetic.
+template <typename T>
+GN_INLINE void load16d(const T* p, vd8* lo, vd8* hi) {
+  if constexpr (std::is_same_v<T, double>) {
+    *lo = load8(p);
+    *hi = load8(p + 8);
+  } else {
+    const vf16 f = load16f(p);
+    *lo = __builtin_convertvector(__builtin_shufflevector(f, f, 0, 1, 2, 3, 4, 5, 6, 7), vd8);
+    *hi = __builtin_convertvector(__builtin_shufflevector(f, f, 8, 9, 10, 11, 12, 13, 14, 15), vd8);
+  }
+}
+
+// Gradient sums over one chunk. bfloat16 / half data sum in float lanes (32 of them, so a
+// lane adds at most chunk / 32 terms, ~256 for the 8K-element chunks of the plan: error
+// ~1e-5 relative, far below the data's own 2^-8 or 2^-11), with half the vector work of
+// double and no widening to 8-lane halves; the chunk's totals then join the double sums.
+// A chunk whose float sums overflow (or meet Inf / NaN) is summed again in double. float
+// data: the terms and four-vector partial sums in float, then double sums (below); double
+// data sum in double as everything else.
+constexpr float kFloatSumFloor = 1e-30f;
+
+// Adds the 16 floats of v to the 16 double lanes (lo, hi).
+GN_INLINE void add_widened(vf16 v, vd8* lo, vd8* hi) {
+  *lo += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), vd8);
+  *hi += __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), vd8);
+}
+
+// Gradient sums of float data with half the widening: dy and dy * (x - m), m = the mean
+// rounded to float, formed in float, four vectors (64 elements) summed in float, then added to
+// double lanes; sum_dy_xc = sum dy * (x - m) - (mean - m) * sum dy restores the exact centre
+// (a float mean is off by up to 2^-24 |mean|, which a large offset in x would otherwise turn
+// into an error of that size in every centred value). Each term is within 2^-23 of its
+// double value (x - m is exact for x within a factor 2 of m) and a four-term float sum adds
+// at most 3 roundings of 2^-24 of its terms' magnitude: the accuracy of the NSC forward's
+// four-row sums. Returns false (nothing written) where float cannot be trusted, as the
+// bfloat16 path: overflow, Inf / NaN, or sums small enough that products may have underflowed.
+GN_INLINE bool grad_sums_float(const float* dy, const float* x, int64_t n, reduce_t mean, reduce_t* sum_dy,
+                               reduce_t* sum_dy_xc) {
+  const float m = static_cast<float>(mean);
+  vd8 g0 = {}, g1 = {}, p0 = {}, p1 = {};
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const vf16 a0 = load16f(dy + i), a1 = load16f(dy + i + 16), a2 = load16f(dy + i + 32), a3 = load16f(dy + i + 48);
+    add_widened((a0 + a1) + (a2 + a3), &g0, &g1);
+    add_widened((a0 * (load16f(x + i) - m) + a1 * (load16f(x + i + 16) - m)) +
+                    (a2 * (load16f(x + i + 32) - m) + a3 * (load16f(x + i + 48) - m)),
+                &p0, &p1);
+  }
+  for (; i + 16 <= n; i += 16) {
+    const vf16 a = load16f(dy + i);
+    add_widened(a, &g0, &g1);
+    add_widened(a * (load16f(x + i) - m), &p0, &p1);
+  }
+  reduce_t tail_dy = 0, tail_dy_xc = 0;
+  for (; i < n; ++i) {
+    tail_dy += dy[i];
+    tail_dy_xc += static_cast<reduce_t>(dy[i] * (x[i] - m));
+  }
+  const reduce_t s_dy = reduce_vectors(g0, g1) + tail_dy;
+  const reduce_t s_dy_xm = reduce_vectors(p0, p1) + tail_dy_xc;
+  // A float overflow shows as Inf / NaN in the double sums; an all-zero dy or products near
+  // float's underflow as a tiny sum.
+  if (!(std::isfinite(s_dy) && std::isfinite(s_dy_xm) && std::fabs(s_dy_xm) >= kFloatSumFloor)) return false;
+  *sum_dy = s_dy;
+  *sum_dy_xc = s_dy_xm - (mean - static_cast<reduce_t>(m)) * s_dy;
+  return true;
+}
+
+template <typename T>
+GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, reduce_t mean, reduce_t* sum_dy,
+                              reduce_t* sum_dy_xc) {
+  if constexpr (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>) {
+    const float m = static_cast<float>(mean);
+    vf16 g0 = {}, g1 = {}, p0 = {}, p1 = {};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+      const vf16 a = load16f(dy + i), b = load16f(dy + i + 16);
+      g0 += a;
+      g1 += b;
+      p0 += a * (load16f(x + i) - m);
+      p1 += b * (load16f(x + i + 16) - m);
+    }
+    float tail_dy = 0, tail_dy_xc = 0;
+    for (; i < n; ++i) {
+      const float g = static_cast<float>(dy[i]);
+      tail_dy += g;
+      tail_dy_xc += g * (static_cast<float>(x[i]) - m);
+    }
+    const float s_dy = reduce16f(g0) + reduce16f(g1) + tail_dy;
+    const float s_dy_xc = reduce16f(p0) + reduce16f(p1) + tail_dy_xc;
+    if (std::isfinite(s_dy) && std::isfinite(s_dy_xc) && std::fabs(s_dy_xc) >= kFloatSumFloor) {
+      *sum_dy = s_dy;
+      *sum_dy_xc = s_dy_xc;
+      return;
+    }
+    // Overflow past float's range (|dy * (x - mean)| near 3e38), Inf / NaN in the data, or
+    // products that may have fallen below float's normal range (a sum under kFloatSumFloor:
+    // n <= 2^13 products each under 1.2e-38 add up to less; this also catches an all-zero dy):
+    // the chunk again in double, which gives the same sums as float and double inputs get.
+  } else if constexpr (std::is_same_v<T, float>) {
+    if (grad_sums_float(dy, x, n, mean, sum_dy, sum_dy_xc)) return;
+  }
+  vd8 g0 = {}, g1 = {}, p0 = {}, p1 = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    vd8 a, b, xa, xb;
+    load16d(dy + i, &a, &b);
+    load16d(x + i, &xa, &xb);
+    g0 += a;
+    g1 += b;
+    p0 += a * (xa - mean);
+    p1 += b * (xb - mean);
+  }
+  reduce_t tail_dy = 0, tail_dy_xc = 0;
+  for (; i < n; ++i) {
+    const reduce_t g = load<reduce_t>(dy + i);
+    tail_dy += g;
+    tail_dy_xc += g * (load<reduce_t>(x + i) - mean);
+  }
+  *sum_dy = reduce_vectors(g0, g1) + tail_dy;
+  *sum_dy_xc = reduce_vectors(p0, p1) + tail_dy_xc;
+}
+
+// Four rows at a time, as sum_dev_rows_row_order; sets sum_dy[0..width) and sum_dy_xc[0..width)
+// of rows `stride` apart. The terms and four-row partial sums are formed in sum_t, then added
+// to the double sums, centred on centre[i] = mean[i] rounded to sum_t (the caller corrects for
+// the rounding).
+template <typename sum_t, typename T>
+GN_INLINE void grad_sums_rows_row_order(const T* dy, const T* x, int64_t rows, int64_t width, int64_t stride,
+                                        const reduce_t* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch) {
+  std::fill(sum_dy, sum_dy + width, reduce_t(0));
+  std::fill(sum_dy_xc, sum_dy_xc + width, reduce_t(0));
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4, x += 4 * stride, dy += 4 * stride) {
+    if (prefetch) {
+      prefetch_block_ahead(dy, 4 * stride * static_cast<int64_t>(sizeof(T)));
+      prefetch_block_ahead(x, 4 * stride * static_cast<int64_t>(sizeof(T)));
+    }
+    for (int64_t i = 0; i < width; ++i) {
+      const sum_t m = static_cast<sum_t>(mean[i]);
+      const sum_t g0 = load<sum_t>(dy + i), g1 = load<sum_t>(dy + stride + i);
+      const sum_t g2 = load<sum_t>(dy + 2 * stride + i), g3 = load<sum_t>(dy + 3 * stride + i);
+      sum_dy[i] += static_cast<reduce_t>((g0 + g1) + (g2 + g3));
+      sum_dy_xc[i] += static_cast<reduce_t>(
+          (g0 * (load<sum_t>(x + i) - m) + g1 * (load<sum_t>(x + stride + i) - m)) +
+          (g2 * (load<sum_t>(x + 2 * stride + i) - m) + g3 * (load<sum_t>(x + 3 * stride + i) - m)));
+    }
+  }
+  for (; r < rows; ++r, x += stride, dy += stride) {
+    for (int64_t i = 0; i < width; ++i) {
+      const sum_t g = load<sum_t>(dy + i);
+      sum_dy[i] += static_cast<reduce_t>(g);
+      sum_dy_xc[i] += static_cast<reduce_t>(g * (load<sum_t>(x + i) - static_cast<sum_t>(mean[i])));
+    }
+  }
+}
+
+// grad_sums_rows_row_order for one block of kSumColumnBlock channels, down all the rows with
+// the sums in registers (see sum_dev_column_block): the same additions, the same bits.
+template <typename sum_t, typename T>
+GN_INLINE void grad_sums_column_block(const T* dy, const T* x, int64_t rows, int64_t stride, const reduce_t* mean,
+                                      reduce_t* sum_dy, reduce_t* sum_dy_xc) {
+  reduce_t s1[kSumColumnBlock] = {}, s2[kSumColumnBlock] = {};
+  sum_t m[kSumColumnBlock];
+  for (int64_t j = 0; j < kSumColumnBlock; ++j) m[j] = static_cast<sum_t>(mean[j]);
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4, x += 4 * stride, dy += 4 * stride) {
+    for (int64_t j = 0; j < kSumColumnBlock; ++j) {
+      const sum_t g0 = load<sum_t>(dy + j), g1 = load<sum_t>(dy + stride + j);
+      const sum_t g2 = load<sum_t>(dy + 2 * stride + j), g3 = load<sum_t>(dy + 3 * stride + j);
+      s1[j] += static_cast<reduce_t>((g0 + g1) + (g2 + g3));
+      s2[j] += static_cast<reduce_t>(
+          (g0 * (load<sum_t>(x + j) - m[j]) + g1 * (load<sum_t>(x + stride + j) - m[j])) +
+          (g2 * (load<sum_t>(x + 2 * stride + j) - m[j]) + g3 * (load<sum_t>(x + 3 * stride + j) - m[j])));
+    }
+  }
+  for (; r < rows; ++r, x += stride, dy += stride) {
+    for (int64_t j = 0; j < kSumColumnBlock; ++j) {
+      const sum_t g = load<sum_t>(dy + j);
+      s1[j] += static_cast<reduce_t>(g);
+      s2[j] += static_cast<reduce_t>(g * (load<sum_t>(x + j) - m[j]));
+    }
+  }
+  for (int64_t j = 0; j < kSumColumnBlock; ++j) {
+    sum_dy[j] = s1[j];
+    sum_dy_xc[j] = s2[j];
+  }
+}
+
+template <typename sum_t, typename T>
+GN_INLINE void grad_sums_rows_as(const T* dy, const T* x, int64_t rows, int64_t C, const reduce_t* mean,
+                                 reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch) {
+  const int64_t c = for_column_blocks(rows, C, [&](int64_t c0) GN_LAMBDA_INLINE {
+    grad_sums_column_block<sum_t>(dy + c0, x + c0, rows, C, mean + c0, sum_dy + c0, sum_dy_xc + c0);
+  });
+  if (c < C) grad_sums_rows_row_order<sum_t>(dy + c, x + c, rows, C - c, C, mean + c, sum_dy + c, sum_dy_xc + c, prefetch);
+}
+
+// Float terms for float / bfloat16 / half data (half the widening of double; 20-30% of a
+// channels-last backward), as grad_sums_float: each term within 2^-23 of its double value, a
+// four-row float sum within 3 roundings of its terms' magnitude, then double sums, corrected
+// for the float centre: sum dy * (x - mean) = sum dy * (x - m) - (mean - m) * sum dy. Channels
+// float cannot be trusted with send the whole call to double: Inf / NaN (overflow of a
+// product past 3e38, or such data), and a |sum of products| under kFloatSumFloor, where
+// products may have fallen below float's normal range -- unless both sums are exactly zero
+// (a channel whose dy is all zeros).
+template <typename T>
+GN_INLINE void grad_sums_rows_impl(const T* dy, const T* x, int64_t rows, int64_t C, const reduce_t* mean,
+                                   reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch) {
+  if constexpr (!std::is_same_v<T, double>) {
+    grad_sums_rows_as<float>(dy, x, rows, C, mean, sum_dy, sum_dy_xc, prefetch);
+    if (float_sums_trusted(sum_dy, sum_dy_xc, C, kFloatSumFloor)) {
+      for (int64_t i = 0; i < C; ++i) {
+        sum_dy_xc[i] -= (mean[i] - static_cast<reduce_t>(static_cast<float>(mean[i]))) * sum_dy[i];
+      }
+      return;
+    }
+  }
+  grad_sums_rows_as<reduce_t>(dy, x, rows, C, mean, sum_dy, sum_dy_xc, prefetch);
+}
+
+// Parenthesised so that each multiply has exactly one add to contract with: where the clone
+// has FMA, GCC then forms the same two FMAs in every copy of the loop (vector body, scalar
+// tail, the streamed lines), and a value does not depend on which copy computed it.
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void grad_input_impl(const T* dy, const T* x, T* dx, int64_t n, acc_t a, acc_t mean,
+                               acc_t rstd, acc_t kxhat, acc_t kc) {
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t xhat = (load<acc_t>(x + i) - mean) * rstd;
+    dx[i] = static_cast<T>(a * load<acc_t>(dy + i) + (xhat * kxhat + kc));
+  }
+}
+
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, const acc_t* a,
+                                    const acc_t* mean, const acc_t* rstd, const acc_t* kxhat,
+                                    const acc_t* kc) {
+  for (int64_t r = 0; r < rows; ++r, x += C, dy += C, dx += C) {
+    for (int64_t i = 0; i < C; ++i) {
+      const acc_t xhat = (load<acc_t>(x + i) - mean[i]) * rstd[i];
+      dx[i] = static_cast<T>(a[i] * load<acc_t>(dy + i) + (xhat * kxhat[i] + kc[i]));
+    }
+  }
+}
+
+}  // namespace
+
+#define GN_DEFINE_BACKWARD_LOOPS(T)                                                            \
+  GN_CLONES void loop_grad_sums(const T* dy, const T* x, int64_t n, reduce_t mean,             \
+                                reduce_t* sum_dy, reduce_t* sum_dy_xc) {                       \
+    grad_sums_impl(dy, x, n, mean, sum_dy, sum_dy_xc);                                         \
+  }                                                                                            \
+  GN_CLONES void loop_grad_sums_runs(const T* dy, const T* x, int64_t runs, int64_t len,       \
+                                     reduce_t mean, reduce_t* sum_dy, reduce_t* sum_dy_xc) {   \
+    for (int64_t r = 0; r < runs; ++r, dy += len, x += len) {                                  \
+      grad_sums_impl(dy, x, len, mean, sum_dy + r, sum_dy_xc + r);                             \
+    }                                                                                          \
+  }                                                                                            \
+  GN_CLONES void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C,        \
+                                     const reduce_t* mean, reduce_t* sum_dy,                   \
+                                     reduce_t* sum_dy_xc, bool prefetch) {                     \
+    grad_sums_rows_impl(dy, x, rows, C, mean, sum_dy, sum_dy_xc, prefetch);                    \
+  }                                                                                            \
+  GN_CLONES void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,     \
+                                 opmath_t<T> mean, opmath_t<T> rstd, opmath_t<T> kxhat,        \
+                                 opmath_t<T> kc, bool stream) {                                \
+    if (!stream) return grad_input_impl(dy, x, dx, n, a, mean, rstd, kxhat, kc);               \
+    write_streamed(dx, n, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {               \
+      grad_input_impl(dy + b, x + b, out, len, a, mean, rstd, kxhat, kc);                      \
+    });                                                                                        \
+  }                                                                                            \
+  GN_CLONES void loop_grad_input_runs(const T* dy, const T* x, T* dx, int64_t runs, int64_t len, \
+                                      const opmath_t<T>* a, const opmath_t<T>* mean,           \
+                                      const opmath_t<T>* rstd, const opmath_t<T>* kxhat,       \
+                                      const opmath_t<T>* kc, bool stream) {                    \
+    for (int64_t r = 0; r < runs; ++r, dy += len, x += len, dx += len) {                       \
+      if (!stream) {                                                                           \
+        grad_input_impl(dy, x, dx, len, a[r], mean[r], rstd[r], kxhat[r], kc[r]);              \
+        continue;                                                                              \
+      }                                                                                        \
+      write_streamed(dx, len, [&](T* out, int64_t b, int64_t l) GN_LAMBDA_INLINE {             \
+        grad_input_impl(dy + b, x + b, out, l, a[r], mean[r], rstd[r], kxhat[r], kc[r]);       \
+      });                                                                                      \
+    }                                                                                          \
+  }                                                                                            \
+  GN_CLONES void loop_grad_input_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, \
+                                      const opmath_t<T>* a, const opmath_t<T>* mean,           \
+                                      const opmath_t<T>* rstd, const opmath_t<T>* kxhat,       \
+                                      const opmath_t<T>* kc, bool stream) {                    \
+    if (!stream) return grad_input_rows_impl(dy, x, dx, rows, C, a, mean, rstd, kxhat, kc);    \
+    WrappedCoefficients<opmath_t<T>, 5> k({a, mean, rstd, kxhat, kc}, C, kLineBytes / sizeof(T)); \
+    write_streamed(dx, rows * C, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {        \
+      grad_input_rows_impl(dy + b, x + b, out, 1, len, k.at(0), k.at(1), k.at(2), k.at(3), k.at(4)); \
+      k.advance(len, C);                                                                       \
+    });                                                                                        \
+  }
+
+GN_DEFINE_BACKWARD_LOOPS(float)
+GN_DEFINE_BACKWARD_LOOPS(double)
+GN_DEFINE_BACKWARD_LOOPS(c10::Half)
+GN_DEFINE_BACKWARD_LOOPS(c10::BFloat16)
+#undef GN_DEFINE_BACKWARD_LOOPS
+
+}  // namespace cpu
+}  // namespace groupnorm_ext

@@ -1,0 +1,313 @@
+// The forward's loops declared in loops.h: sums and moments of contiguous runs, the
+// channels-last per-channel deviation sums, and the normalize passes. Each public function is
+// a GCC `target_clones` wrapper around an always-inline template (building blocks in simd.h),
+// so the template is compiled separately for every ISA and nothing else in the library changes
+// ISA.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "../plan.h"
+#include "loops.h"
+#include "simd.h"
+
+namespace groupnorm_ext {
+namespace cpu {
+namespace {
+
+using namespace simd;
+
+template <typename T>
+GN_INLINE reduce_t sum_impl(const T* x, int64_t n) {
+  vd8 acc0 = {}, acc1 = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    prefetch_ahead<16 * sizeof(T)>(x + i);
+    acc0 += load8(x + i);
+    acc1 += load8(x + i + 8);
+  }
+  reduce_t tail = 0;
+  for (; i < n; ++i) tail += load<reduce_t>(x + i);
+  return reduce_vectors(acc0, acc1) + tail;
+}
+
+template <typename T>
+GN_INLINE void sum_dev_impl(const T* x, int64_t n, reduce_t mean, reduce_t* sum_d, reduce_t* sum_d2) {
+  vd8 d0 = {}, d1 = {}, q0 = {}, q1 = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const vd8 a = load8(x + i) - mean, b = load8(x + i + 8) - mean;
+    d0 += a;
+    d1 += b;
+    q0 += a * a;
+    q1 += b * b;
+  }
+  reduce_t tail_d = 0, tail_d2 = 0;
+  for (; i < n; ++i) {
+    const reduce_t d = load<reduce_t>(x + i) - mean;
+    tail_d += d;
+    tail_d2 += d * d;
+  }
+  *sum_d = reduce_vectors(d0, d1) + tail_d;
+  *sum_d2 = reduce_vectors(q0, q1) + tail_d2;
+}
+
+// Moments of a chunk of float / bfloat16 / half data. The first pass (sum, min, max) runs
+// in float lanes, which needs half the vector work of double; the second pass too when
+// |x| < kFloatSafeMagnitude, so that d^2 summed over a chunk cannot overflow. Otherwise
+// (huge values, Inf or NaN) the second pass runs in double. A constant chunk is exact:
+// mean = the constant, M2 = 0 (so eps = 0 gives rstd = inf, as torch).
+constexpr float kFloatSafeMagnitude = 1e16f;
+// ... and when the chunk's spread is at least kFloatMinSpread, so that its largest squared
+// deviations stay far inside float's normal range (the terms under 1.2e-38 that lose digits
+// then add up to < 1e-9 of M2; for |x - mean| ~ 1e-20 every d^2 would fall
+// below 1.2e-38 and lose its digits); a tinier spread takes the double pass.
+constexpr float kFloatMinSpread = 1e-12f;
+
+template <typename T>
+GN_INLINE void moments_impl(const T* x, int64_t n, reduce_t* mean_out, reduce_t* m2_out) {
+  if constexpr (std::is_same_v<T, double>) {
+    const reduce_t mean0 = sum_impl(x, n) / static_cast<reduce_t>(n);
+    reduce_t sum_d, sum_d2;
+    sum_dev_impl(x, n, mean0, &sum_d, &sum_d2);
+    const Moments<reduce_t> m = moments_from_deviations(static_cast<reduce_t>(n), mean0, sum_d, sum_d2);
+    *mean_out = m.mean;
+    *m2_out = m.m2;
+  } else {
+    const float first = static_cast<float>(x[0]);
+    vf16 s0 = {}, s1 = {}, lo = first - vf16{}, hi = lo;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+      prefetch_ahead<32 * sizeof(T)>(x + i);
+      const vf16 a = load16f(x + i), b = load16f(x + i + 16);
+      s0 += a;
+      s1 += b;
+      lo = a < lo ? a : lo;
+      hi = a > hi ? a : hi;
+      lo = b < lo ? b : lo;
+      hi = b > hi ? b : hi;
+    }
+    float sum = reduce16f(s0) + reduce16f(s1), vmin = min16f(lo), vmax = -min16f(-hi);
+    for (; i < n; ++i) {
+      const float v = static_cast<float>(x[i]);
+      sum += v;
+      vmin = v < vmin ? v : vmin;
+      vmax = v > vmax ? v : vmax;
+    }
+    const float magnitude = vmax > -vmin ? vmax : -vmin;
+    if (std::isfinite(sum) && magnitude < kFloatSafeMagnitude && vmin == vmax) {
+      *mean_out = vmin;  // constant chunk
+      *m2_out = 0;
+      return;
+    }
+    const reduce_t mean0 = static_cast<reduce_t>(sum) / static_cast<reduce_t>(n);
+    reduce_t sum_d, sum_d2;
+    if (std::isfinite(sum) && magnitude < kFloatSafeMagnitude && vmax - vmin >= kFloatMinSpread) {
+      const float mean0f = static_cast<float>(mean0);
+      vf16 d0 = {}, d1 = {}, q0 = {}, q1 = {};
+      i = 0;
+      for (; i + 32 <= n; i += 32) {
+        const vf16 a = load16f(x + i) - mean0f, b = load16f(x + i + 16) - mean0f;
+        d0 += a;
+        d1 += b;
+        q0 += a * a;
+        q1 += b * b;
+      }
+      float td = 0, tq = 0;
+      for (; i < n; ++i) {
+        const float d = static_cast<float>(x[i]) - mean0f;
+        td += d;
+        tq += d * d;
+      }
+      sum_d = static_cast<reduce_t>(reduce16f(d0) + reduce16f(d1) + td);
+      sum_d2 = static_cast<reduce_t>(reduce16f(q0) + reduce16f(q1) + tq);
+      const Moments<reduce_t> m = moments_from_deviations(static_cast<reduce_t>(n), static_cast<reduce_t>(mean0f), sum_d, sum_d2);
+      *mean_out = m.mean;
+      *m2_out = m.m2;
+      return;
+    }
+    sum_dev_impl(x, n, mean0, &sum_d, &sum_d2);
+    const Moments<reduce_t> m = moments_from_deviations(static_cast<reduce_t>(n), mean0, sum_d, sum_d2);
+    *mean_out = m.mean;
+    *m2_out = m.m2;
+  }
+}
+
+// Centre first, then scale: (x - mean) keeps full precision when |mean| >> std, which a
+// folded x * scale + (bias - mean * scale) loses to cancellation.
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void normalize_impl(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>((load<acc_t>(x + i) - mean) * scale + bias);
+}
+
+// Row loops take many rows per call: NSC rows can be as short as a few channels, where a
+// call per row would cost more than its arithmetic.
+template <typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void normalize_rows_impl(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean,
+                                   const acc_t* scale, const acc_t* bias) {
+  for (int64_t r = 0; r < rows; ++r, x += C, y += C) {
+    for (int64_t i = 0; i < C; ++i) y[i] = static_cast<T>((load<acc_t>(x + i) - mean[i]) * scale[i] + bias[i]);
+  }
+}
+
+// The per-channel sums live in memory (C can be thousands), so each row costs a load and a
+// store of every sum: four rows at a time take a quarter of those, and the row order of the
+// additions stays fixed ((r0 + r1) + (r2 + r3), then the remaining rows one by one). The
+// deviations and the four-row partial sums are formed in dev_t, then added to the double
+// per-channel sums. Channels [0, width) of rows `stride` apart.
+template <typename dev_t, typename T>
+GN_INLINE void sum_dev_rows_row_order(const T* x, int64_t rows, int64_t width, int64_t stride, const reduce_t* shift,
+                                      reduce_t* sum_d, reduce_t* sum_d2, bool prefetch) {
+  std::fill(sum_d, sum_d + width, reduce_t(0));
+  std::fill(sum_d2, sum_d2 + width, reduce_t(0));
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4, x += 4 * stride) {
+    if (prefetch) prefetch_block_ahead(x, 4 * stride * static_cast<int64_t>(sizeof(T)));
+    for (int64_t i = 0; i < width; ++i) {
+      const dev_t m = static_cast<dev_t>(shift[i]);
+      const dev_t d0 = load<dev_t>(x + i) - m, d1 = load<dev_t>(x + stride + i) - m;
+      const dev_t d2 = load<dev_t>(x + 2 * stride + i) - m, d3 = load<dev_t>(x + 3 * stride + i) - m;
+      sum_d[i] += static_cast<reduce_t>((d0 + d1) + (d2 + d3));
+      sum_d2[i] += static_cast<reduce_t>((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));
+    }
+  }
+  for (; r < rows; ++r, x += stride) {
+    for (int64_t i = 0; i < width; ++i) {
+      const dev_t d = load<dev_t>(x + i) - static_cast<dev_t>(shift[i]);
+      sum_d[i] += static_cast<reduce_t>(d);
+      sum_d2[i] += static_cast<reduce_t>(d * d);
+    }
+  }
+}
+
+template <typename dev_t, typename T>
+GN_INLINE void sum_dev_column_block(const T* x, int64_t rows, int64_t stride, const reduce_t* shift, reduce_t* sum_d,
+                                    reduce_t* sum_d2) {
+  reduce_t s1[kSumColumnBlock] = {}, s2[kSumColumnBlock] = {};
+  dev_t m[kSumColumnBlock];
+  for (int64_t j = 0; j < kSumColumnBlock; ++j) m[j] = static_cast<dev_t>(shift[j]);
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4, x += 4 * stride) {
+    for (int64_t j = 0; j < kSumColumnBlock; ++j) {
+      const dev_t d0 = load<dev_t>(x + j) - m[j], d1 = load<dev_t>(x + stride + j) - m[j];
+      const dev_t d2 = load<dev_t>(x + 2 * stride + j) - m[j], d3 = load<dev_t>(x + 3 * stride + j) - m[j];
+      s1[j] += static_cast<reduce_t>((d0 + d1) + (d2 + d3));
+      s2[j] += static_cast<reduce_t>((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3));
+    }
+  }
+  for (; r < rows; ++r, x += stride) {
+    for (int64_t j = 0; j < kSumColumnBlock; ++j) {
+      const dev_t d = load<dev_t>(x + j) - m[j];
+      s1[j] += static_cast<reduce_t>(d);
+      s2[j] += static_cast<reduce_t>(d * d);
+    }
+  }
+  for (int64_t j = 0; j < kSumColumnBlock; ++j) {
+    sum_d[j] = s1[j];
+    sum_d2[j] = s2[j];
+  }
+}
+
+template <typename dev_t, typename T>
+GN_INLINE void sum_dev_rows_as(const T* x, int64_t rows, int64_t C, const reduce_t* shift, reduce_t* sum_d,
+                               reduce_t* sum_d2, bool prefetch) {
+  const int64_t c = for_column_blocks(rows, C, [&](int64_t c0) GN_LAMBDA_INLINE {
+    sum_dev_column_block<dev_t>(x + c0, rows, C, shift + c0, sum_d + c0, sum_d2 + c0);
+  });
+  if (c < C) sum_dev_rows_row_order<dev_t>(x + c, rows, C - c, C, shift + c, sum_d + c, sum_d2 + c, prefetch);
+}
+
+// Float deviations for float / bfloat16 / half data: a quarter of the vector work of double
+// (no widening to 8-lane halves; 4-10% of a medium channels_last forward). The shift is a
+// value of the data, so d = x - shift is exact while x is within a factor 2 of it, and
+// each four-term float sum adds at most ~3 roundings of 2^-24 before the double sums take
+// over: far more accurate than the float lanes of moments_impl. Sums that float cannot be
+// trusted with are formed again in double: Inf / NaN (overflow of d or d^2 past 3e38, or
+// such data), and a channel whose mean squared deviation is under kFloatMinSquareMean,
+// where some d^2 may have fallen below float's normal range (1.2e-38) and lost digits --
+// unless its deviations are all exactly zero (sums 0 and 0: a constant channel).
+constexpr reduce_t kFloatMinSquareMean = 1e-24;
+
+template <typename T>
+GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, const reduce_t* shift, reduce_t* sum_d,
+                                 reduce_t* sum_d2, bool prefetch) {
+  if constexpr (!std::is_same_v<T, double>) {
+    sum_dev_rows_as<float>(x, rows, C, shift, sum_d, sum_d2, prefetch);
+    const reduce_t floor = kFloatMinSquareMean * static_cast<reduce_t>(rows);
+    if (float_sums_trusted(sum_d, sum_d2, C, floor)) return;
+  }
+  sum_dev_rows_as<reduce_t>(x, rows, C, shift, sum_d, sum_d2, prefetch);
+}
+
+}  // namespace
+
+#define GN_DEFINE_FORWARD_LOOPS(T)                                                             \
+  GN_CLONES reduce_t loop_sum(const T* x, int64_t n) { return sum_impl(x, n); }                \
+  GN_CLONES void loop_sum_dev(const T* x, int64_t n, reduce_t mean, reduce_t* sum_d,           \
+                             reduce_t* sum_d2) {                                               \
+    sum_dev_impl(x, n, mean, sum_d, sum_d2);                                                   \
+  }                                                                                            \
+  GN_CLONES void loop_moments(const T* x, int64_t n, reduce_t* mean, reduce_t* m2) {           \
+    moments_impl(x, n, mean, m2);                                                              \
+  }                                                                                            \
+  GN_CLONES void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean,                 \
+                                opmath_t<T> scale, opmath_t<T> bias, bool stream) {            \
+    if (!stream) return normalize_impl(x, y, n, mean, scale, bias);                            \
+    write_streamed(y, n, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {                \
+      normalize_impl(x + b, out, len, mean, scale, bias);                                      \
+    });                                                                                        \
+  }                                                                                            \
+  GN_CLONES void loop_normalize_runs(const T* x, T* y, int64_t runs, int64_t len,               \
+                                     const opmath_t<T>* mean, const opmath_t<T>* scale,        \
+                                     const opmath_t<T>* bias, bool stream) {                   \
+    for (int64_t r = 0; r < runs; ++r, x += len, y += len) {                                   \
+      if (!stream) {                                                                           \
+        normalize_impl(x, y, len, mean[r], scale[r], bias[r]);                                 \
+        continue;                                                                              \
+      }                                                                                        \
+      write_streamed(y, len, [&](T* out, int64_t b, int64_t l) GN_LAMBDA_INLINE {              \
+        normalize_impl(x + b, out, l, mean[r], scale[r], bias[r]);                             \
+      });                                                                                      \
+    }                                                                                          \
+  }                                                                                            \
+  GN_CLONES void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C,                \
+                                     const opmath_t<T>* mean, const opmath_t<T>* scale,        \
+                                     const opmath_t<T>* bias, bool stream) {                   \
+    if (!stream) return normalize_rows_impl(x, y, rows, C, mean, scale, bias);                 \
+    WrappedCoefficients<opmath_t<T>, 3> k({mean, scale, bias}, C, kLineBytes / sizeof(T));    \
+    write_streamed(y, rows * C, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {         \
+      normalize_rows_impl(x + b, out, 1, len, k.at(0), k.at(1), k.at(2));                      \
+      k.advance(len, C);                                                                       \
+    });                                                                                        \
+  }                                                                                            \
+  GN_CLONES void loop_sum_dev_rows(const T* x, int64_t rows, int64_t C, const reduce_t* shift, \
+                                   reduce_t* sum_d, reduce_t* sum_d2, bool prefetch) {         \
+    sum_dev_rows_impl(x, rows, C, shift, sum_d, sum_d2, prefetch);                             \
+  }
+
+GN_DEFINE_FORWARD_LOOPS(float)
+GN_DEFINE_FORWARD_LOOPS(double)
+GN_DEFINE_FORWARD_LOOPS(c10::Half)
+GN_DEFINE_FORWARD_LOOPS(c10::BFloat16)
+#undef GN_DEFINE_FORWARD_LOOPS
+
+void fence_streaming_stores() {
+#ifdef GN_STREAMING_STORES
+  _mm_sfence();
+#endif
+}
+
+const char* loops_isa() {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  // Mirrors the loader's choice for GN_CLONES: the highest level this CPU supports.
+  if (__builtin_cpu_supports("x86-64-v4")) return "avx512 (x86-64-v4 clone)";
+  if (__builtin_cpu_supports("x86-64-v3")) return "avx2 (x86-64-v3 clone)";
+#endif
+  return "baseline";
+}
+
+}  // namespace cpu
+}  // namespace groupnorm_ext

@@ -1,0 +1,274 @@
+// Building blocks of the CPU loops (loops_forward.cpp, loops_backward.cpp): GCC vector types
+// and their loads, the fixed lane reductions, software prefetch, streaming stores, and the
+// column-block walk of the channels-last sums. Everything here is always-inline, so each
+// `target_clones` copy of a loop compiles it for that copy's ISA.
+//
+// Reductions keep 16 independent lane accumulators: vectorized without -ffast-math, and
+// the summation order is fixed by the code, not by the thread count or the ISA picked.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#if defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+#define GN_STREAMING_STORES 1
+#endif
+
+#include "loops.h"
+
+namespace groupnorm_ext {
+namespace cpu {
+namespace simd {
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define GN_CLONES
+#endif
+#define GN_INLINE __attribute__((always_inline)) inline
+// The same for the lambdas the public functions pass to write_streamed: a lambda GCC keeps out
+// of line is compiled once for the baseline ISA (no clone), which costs the clone's wide
+// vectors and FMA, and then rounds differently from the inlined copies.
+#define GN_LAMBDA_INLINE __attribute__((always_inline))
+
+template <typename acc_t, typename T>
+GN_INLINE acc_t load(const T* p) {
+  return static_cast<acc_t>(*p);
+}
+
+// The reductions are written with GCC vector types: 8 doubles per vector, two vectors
+// (16 lanes, two independent add chains) per accumulator. Every clone lowers them to its
+// widest registers (one zmm, two ymm, four xmm); auto-vectorizing the equivalent scalar
+// loops gave scalar code for loops with two accumulators.
+typedef double vd8 __attribute__((vector_size(64), aligned(8)));
+typedef float vf8 __attribute__((vector_size(32), aligned(4)));
+typedef uint32_t vu8 __attribute__((vector_size(32), aligned(4)));
+typedef uint16_t vh8 __attribute__((vector_size(16), aligned(2)));
+
+// Eight consecutive values as doubles.
+GN_INLINE vd8 load8(const double* p) {
+  vd8 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+GN_INLINE vd8 load8(const float* p) {
+  vf8 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return __builtin_convertvector(v, vd8);
+}
+GN_INLINE vd8 load8(const c10::BFloat16* p) {  // bfloat16 = the upper half of a float
+  vh8 h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  const vu8 bits = __builtin_convertvector(h, vu8) << 16;
+  vf8 f;
+  __builtin_memcpy(&f, &bits, sizeof(f));
+  return __builtin_convertvector(f, vd8);
+}
+GN_INLINE vd8 load8(const c10::Half* p) {
+  float f[8];
+  for (int l = 0; l < 8; ++l) f[l] = static_cast<float>(p[l]);
+  return load8(f);
+}
+
+// Fixed pairwise reduction of 16 double lanes (two vectors): lane l of the sum of halves
+// each step, a + b, then 4 + 4, 2 + 2, 1 + 1. Written with vector halves rather than a loop
+// over an array: GCC kept that loop rolled and went through the stack, which cost more than
+// the data on short runs (the channels of small tensors).
+typedef double vd4 __attribute__((vector_size(32), aligned(8)));
+typedef double vd2 __attribute__((vector_size(16), aligned(8)));
+GN_INLINE reduce_t reduce_vectors(vd8 a, vd8 b) {
+  const vd8 s8 = a + b;
+  const vd4 s4 = __builtin_shufflevector(s8, s8, 0, 1, 2, 3) + __builtin_shufflevector(s8, s8, 4, 5, 6, 7);
+  const vd2 s2 = __builtin_shufflevector(s4, s4, 0, 1) + __builtin_shufflevector(s4, s4, 2, 3);
+  return s2[0] + s2[1];
+}
+
+constexpr int64_t kLineBytes = 64;
+
+// Software prefetch. The hardware prefetchers of this project's machines (Xeon, 2 MiB L2,
+// 260 MiB L3 shared with other guests) fall behind in two patterns of these loops, measured
+// in microbenchmarks over 10-400 MB on 2 threads:
+//  - the channels-last four-row loops (four streams a row apart): 8-14 GB/s against 20-40
+//    GB/s for a sequential sum of the same array; prefetching the block after next restores
+//    22-30 GB/s (C = 64..640). On data already near (a few MB) the extra instructions cost up
+//    to 10% for long rows, so those loops prefetch only when the caller asks (see
+//    software_prefetch_pays in schedule.h);
+//  - the two-pass moments of a contiguous chunk: while the second pass works on the chunk in
+//    L1, the first pass's stream stops, and the hardware starts it again from cold on the next
+//    chunk: prefetching kPrefetchAheadBytes ahead in the first pass took 105 MB from 4.3 to
+//    3.1 ms and 400 MB from 27 to 20 ms, and cost nothing on 10 MB.
+// Prefetches are hints into L2: addresses past the end of the array never fault, and the
+// values read do not change.
+constexpr int64_t kPrefetchAheadBytes = 4096;
+
+GN_INLINE void prefetch_line(uintptr_t address) { __builtin_prefetch(reinterpret_cast<const void*>(address), 0, 2); }
+
+// The lines of [p, p + kBytes), kPrefetchAheadBytes ahead (a sequential loop's next data).
+template <int64_t kBytes>
+GN_INLINE void prefetch_ahead(const void* p) {
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(p) + kPrefetchAheadBytes;
+  for (int64_t off = 0; off < kBytes; off += kLineBytes) prefetch_line(ahead + off);
+}
+
+// The lines of the block of `block_bytes` that starts kPrefetchAheadBytes after the one
+// following `block` (a four-row loop's block after next).
+GN_INLINE void prefetch_block_ahead(const void* block, int64_t block_bytes) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(block) + block_bytes + kPrefetchAheadBytes;
+  for (uintptr_t p = begin & ~uintptr_t(kLineBytes - 1); p < begin + block_bytes; p += kLineBytes) prefetch_line(p);
+}
+
+typedef float vf16 __attribute__((vector_size(64), aligned(4)));
+
+GN_INLINE vf16 load16f(const float* p) {
+  vf16 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+GN_INLINE vf16 load16f(const c10::BFloat16* p) {
+  typedef uint16_t vh16 __attribute__((vector_size(32), aligned(2)));
+  typedef uint32_t vu16 __attribute__((vector_size(64), aligned(4)));
+  vh16 h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  const vu16 bits = __builtin_convertvector(h, vu16) << 16;
+  vf16 f;
+  __builtin_memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+GN_INLINE vf16 load16f(const c10::Half* p) {
+  float f[16];
+  for (int l = 0; l < 16; ++l) f[l] = static_cast<float>(p[l]);
+  return load16f(f);
+}
+
+// The same tree over 16 float lanes, and the smallest lane (a < b ? a : b at each step).
+typedef float vf4 __attribute__((vector_size(16), aligned(4)));
+typedef float vf2 __attribute__((vector_size(8), aligned(4)));
+GN_INLINE float reduce16f(vf16 v) {
+  const vf8 s8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vf4 s4 = __builtin_shufflevector(s8, s8, 0, 1, 2, 3) + __builtin_shufflevector(s8, s8, 4, 5, 6, 7);
+  const vf2 s2 = __builtin_shufflevector(s4, s4, 0, 1) + __builtin_shufflevector(s4, s4, 2, 3);
+  return s2[0] + s2[1];
+}
+
+GN_INLINE float min16f(vf16 v) {
+  const vf8 a8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  const vf8 b8 = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vf8 m8 = a8 < b8 ? a8 : b8;
+  const vf4 a4 = __builtin_shufflevector(m8, m8, 0, 1, 2, 3), b4 = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
+  const vf4 m4 = a4 < b4 ? a4 : b4;
+  const vf2 a2 = __builtin_shufflevector(m4, m4, 0, 1), b2 = __builtin_shufflevector(m4, m4, 2, 3);
+  const vf2 m2 = a2 < b2 ? a2 : b2;
+  return m2[0] < m2[1] ? m2[0] : m2[1];
+}
+
+// Streaming (non-temporal) output: each 64-byte line of the output is computed by the same
+// code as the plain path into a line-sized local (a constant trip count: one vector op, kept
+// in registers or at worst forwarded from the store buffer), then written with four 16-byte
+// streaming stores, which skip the read-for-ownership of every destination line and leave
+// the caches to the input. Into memory the caches no longer hold, that halves the cost of
+// the writes (a 64 MiB float apply on 2 cores: 6 ms with plain stores, 2.5 ms streamed;
+// staging 4 KiB pieces in L1 first measured 3.2-3.4 ms). SSE2 stores, so every clone can
+// inline them (512-bit ones measured the same). The bytes are the plain path's.
+// compute(out, begin, len) writes output elements [begin, begin + len) to out[0..len),
+// called for consecutive ranges in order.
+template <typename T, typename F>
+GN_INLINE void write_streamed(T* dst, int64_t n, const F& compute) {
+#ifdef GN_STREAMING_STORES
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(dst);
+  if (addr % sizeof(T) == 0) {
+    constexpr int64_t kLine = kLineBytes / sizeof(T);
+    // Up to the first line boundary, and the last partial line: plain stores.
+    const int64_t head = std::min<int64_t>(n, ((kLineBytes - addr % kLineBytes) % kLineBytes) / sizeof(T));
+    if (head > 0) compute(dst, 0, head);
+    int64_t i = head;
+    for (; i + kLine <= n; i += kLine) {
+      alignas(kLineBytes) T line[kLine];
+      compute(line, i, kLine);
+      char* out = reinterpret_cast<char*>(dst + i);
+      const char* src = reinterpret_cast<const char*>(line);
+      for (int q = 0; q < 4; ++q) {
+        _mm_stream_si128(reinterpret_cast<__m128i*>(out + 16 * q), _mm_load_si128(reinterpret_cast<const __m128i*>(src + 16 * q)));
+      }
+    }
+    if (i < n) compute(dst + i, i, n - i);
+    // Streaming stores are weakly ordered; the caller fences them once per parallel task
+    // (StreamingStoresFence), not here: a fence per call drains the write-combining buffers
+    // after every row, which halved the speed of rows of a few hundred elements.
+    return;
+  }
+#endif
+  compute(dst, 0, n);
+}
+
+// Row loops streamed: element i of a rows x C block has channel i % C, so a line of the
+// output needs the coefficients of a run of channels that may wrap into the next row. Each
+// coefficient array is copied out to C + kLine entries (ext[j] = coef[j % C]): any run of
+// at most kLine channels starting below C is then one contiguous slice, and the lines go
+// through the flat per-element code with a running channel index (no division per line).
+template <typename acc_t, int kArrays>
+struct WrappedCoefficients {
+  std::vector<acc_t> ext;
+  int64_t width, channel = 0;  // width = C + kLine; channel = that of the next element
+  WrappedCoefficients(const acc_t* const (&coef)[kArrays], int64_t C, int64_t line) : ext(kArrays * (C + line)), width(C + line) {
+    for (int a = 0; a < kArrays; ++a) {
+      for (int64_t j = 0, c = 0; j < width; ++j, c = c + 1 == C ? 0 : c + 1) ext[a * width + j] = coef[a][c];
+    }
+  }
+  const acc_t* at(int a) const { return ext.data() + a * width + channel; }
+  void advance(int64_t len, int64_t C) {
+    channel += len;
+    while (channel >= C) channel -= C;
+  }
+};
+
+// Chunks of few rows are summed a block of channels at a time, down all the rows: the block's
+// sums then stay in registers for the whole chunk instead of being loaded and stored every
+// four rows (1280 channels by 32 rows, the chunks of a 1280-channel 8x8 image, moved as many
+// bytes of sums as of data). Per channel the same additions in the same order as the row
+// loop, so the same bits.
+constexpr int64_t kSumColumnBlock = 16;
+constexpr int64_t kSumColumnOrderMaxRows = 64;
+
+// Calls block(c0) for the column blocks [c0, c0 + kSumColumnBlock) of a chunk that sums faster
+// block by block (few rows, enough channels); returns the first channel left to the row loop.
+template <typename Block>
+GN_INLINE int64_t for_column_blocks(int64_t rows, int64_t C, const Block& block) {
+  int64_t c = 0;
+  if (rows <= kSumColumnOrderMaxRows && C >= 4 * kSumColumnBlock) {
+    for (; c + kSumColumnBlock <= C; c += kSumColumnBlock) block(c);
+  }
+  return c;
+}
+
+// Whether per-channel sums formed in float lanes can be trusted: for every c, first[c] and
+// second[c] finite and |second[c]| >= floor, unless both are exactly zero. On the doubles'
+// bit patterns, branch-free, so that the loop vectorizes (a scalar loop of branches over C
+// took a quarter of the channels-last statistics on 1280-channel rows, and GCC lowers vector
+// compares of doubles, or of explicit 64-bit lanes, to scalar ones): finite = exponent not all
+// ones; magnitudes of doubles order as their bit patterns with the sign cleared; +-0 is the
+// pattern shifted left by one being 0.
+GN_INLINE bool float_sums_trusted(const reduce_t* first, const reduce_t* second, int64_t C, reduce_t floor) {
+  constexpr int64_t kExponent = 0x7ff0000000000000, kMagnitude = 0x7fffffffffffffff;
+  int64_t floor_bits;
+  __builtin_memcpy(&floor_bits, &floor, sizeof(floor_bits));
+  int64_t untrusted = 0;
+  for (int64_t i = 0; i < C; ++i) {
+    int64_t a, q;
+    __builtin_memcpy(&a, first + i, sizeof(a));
+    __builtin_memcpy(&q, second + i, sizeof(q));
+    const bool finite = ((a & kExponent) != kExponent) & ((q & kExponent) != kExponent);
+    const bool resolved = ((q & kMagnitude) >= floor_bits) | (((q << 1) == 0) & ((a << 1) == 0));
+    untrusted |= !(finite & resolved);
+  }
+  return !untrusted;
+}
+
+}  // namespace simd
+}  // namespace cpu
+}  // namespace groupnorm_ext
