@@ -341,20 +341,45 @@ struct SlabVectors {
 
   // Offset of slab ng = n * groups + g (its first element) in the tensor.
   GN_HOST_DEVICE int64_t slab_offset(int64_t ng) const {
-    if (!nsc) return ng * D * S;
-    const int64_t n = ng / groups;
-    return n * S * C + (ng - n * groups) * D;
+    return nsc ? slab_offset_as<true>(ng) : slab_offset_as<false>(ng);
   }
   // Offset of vector i's first element from the slab's first element.
   GN_HOST_DEVICE int64_t vector_offset(uint32_t i) const {
-    if (!nsc) return static_cast<int64_t>(i) * vec;
-    const uint32_t row = div_row.div(i);
-    return static_cast<int64_t>(row) * C + static_cast<int64_t>(i - row * row_vecs) * vec;
+    return nsc ? vector_offset_as<true>(i) : vector_offset_as<false>(i);
   }
   // Channel, within the group, of element e of vector i.
   GN_HOST_DEVICE int64_t channel_in_group(uint32_t i, int e) const {
-    if (!nsc) return div_s.div(i * static_cast<uint32_t>(vec) + static_cast<uint32_t>(e));
-    return static_cast<int64_t>(i - div_row.div(i) * row_vecs) * vec + e;
+    return nsc ? channel_in_group_as<true>(i, e) : channel_in_group_as<false>(i, e);
+  }
+
+  // The same with the layout a template argument (kNsc == nsc): a kernel instantiated per
+  // layout carries one walk, not both (registers: the two walks in one bfloat16 kernel
+  // spilled on sm_100).
+  template <bool kNsc>
+  GN_HOST_DEVICE int64_t slab_offset_as(int64_t ng) const {
+    if constexpr (!kNsc) {
+      return ng * D * S;
+    } else {
+      const int64_t n = ng / groups;
+      return n * S * C + (ng - n * groups) * D;
+    }
+  }
+  template <bool kNsc>
+  GN_HOST_DEVICE int64_t vector_offset_as(uint32_t i) const {
+    if constexpr (!kNsc) {
+      return static_cast<int64_t>(i) * vec;
+    } else {
+      const uint32_t row = div_row.div(i);
+      return static_cast<int64_t>(row) * C + static_cast<int64_t>(i - row * row_vecs) * vec;
+    }
+  }
+  template <bool kNsc>
+  GN_HOST_DEVICE int64_t channel_in_group_as(uint32_t i, int e) const {
+    if constexpr (!kNsc) {
+      return div_s.div(i * static_cast<uint32_t>(vec) + static_cast<uint32_t>(e));
+    } else {
+      return static_cast<int64_t>(i - div_row.div(i) * row_vecs) * vec + e;
+    }
   }
 };
 

@@ -67,7 +67,8 @@ __device__ __forceinline__ void cluster_sum2(reduce_t* slot, int cluster, reduce
 #endif
 }
 
-template <typename T, typename param_t, int VEC>
+// kNsc: the slab's layout (a.sv.nsc), one instantiation per layout.
+template <typename T, typename param_t, int VEC, bool kNsc>
 __global__ void __launch_bounds__(kFusedThreads, 3) fused_forward_kernel(
     const T* __restrict__ x, T* __restrict__ y, const param_t* __restrict__ weight,
     const param_t* __restrict__ bias, FusedArgs a, acc_type<T>* __restrict__ mean_out,
@@ -82,7 +83,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3) fused_forward_kernel(
   const int64_t v_begin = rank * a.piece_vecs;
   const int64_t v_end = min(v_begin + a.piece_vecs, a.slab_vecs);
   const int count_vecs = static_cast<int>(v_end > v_begin ? v_end - v_begin : 0);
-  const int64_t slab = a.sv.slab_offset(ng);
+  const int64_t slab = a.sv.slab_offset_as<kNsc>(ng);
   const T* xs = x + slab;
   T* ys = y + slab;
 
@@ -90,7 +91,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3) fused_forward_kernel(
 #pragma unroll
   for (int j = 0; j < kVecs; ++j) {
     const int i = j * kFusedThreads + static_cast<int>(threadIdx.x);
-    if (i < count_vecs) v[j] = load_vec<T, VEC>(xs + a.sv.vector_offset(static_cast<uint32_t>(v_begin + i)));
+    if (i < count_vecs) v[j] = load_vec<T, VEC>(xs + a.sv.vector_offset_as<kNsc>(static_cast<uint32_t>(v_begin + i)));
   }
   // One pass over the registers: sums of d = x - shift with the shift the slab's first
   // element in memory (the shifted-data algorithm in double, see moments_from_deviations),
@@ -134,7 +135,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3) fused_forward_kernel(
       acc_t scale = 0, shift = 0;
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const int64_t c = c_base + a.sv.channel_in_group(vi, e);
+        const int64_t c = c_base + a.sv.channel_in_group_as<kNsc>(vi, e);
         if (c != c_prev) {
           const reduce_t s = rstd * (weight ? static_cast<reduce_t>(weight[c]) : reduce_t(1));
           scale = static_cast<acc_t>(s);
@@ -143,7 +144,7 @@ __global__ void __launch_bounds__(kFusedThreads, 3) fused_forward_kernel(
         }
         o.v[e] = static_cast<T>(static_cast<acc_t>(v[j].v[e]) * scale + shift);
       }
-      store_vec<T, VEC>(ys + a.sv.vector_offset(vi), o);
+      store_vec<T, VEC>(ys + a.sv.vector_offset_as<kNsc>(vi), o);
     }
   }
 }
@@ -165,7 +166,7 @@ bool launch_fused(const ForwardProblem& p, const FusedArgs& a, at::Tensor& out, 
                   at::Tensor& rstd, cudaStream_t stream) {
   constexpr int kVec = vec_elems<T>();
   using acc_t = acc_type<T>;
-  auto kernel = fused_forward_kernel<T, param_t, kVec>;
+  auto kernel = a.sv.nsc ? fused_forward_kernel<T, param_t, kVec, true> : fused_forward_kernel<T, param_t, kVec, false>;
   if (a.cluster > 1 && !has_cluster_code(kernel)) return false;
   const int64_t blocks = p.shape.N * p.shape.groups * a.cluster;
   cudaLaunchConfig_t cfg = {};
