@@ -25,9 +25,7 @@ GN_INLINE void load16d(const T* p, vd8* lo, vd8* hi) {
     *lo = load8(p);
     *hi = load8(p + 8);
   } else {
-    const vf16 f = load16f(p);
-    *lo = __builtin_convertvector(__builtin_shufflevector(f, f, 0, 1, 2, 3, 4, 5, 6, 7), vd8);
-    *hi = __builtin_convertvector(__builtin_shufflevector(f, f, 8, 9, 10, 11, 12, 13, 14, 15), vd8);
+    widen16(load16f(p), lo, hi);
   }
 }
 
@@ -42,8 +40,10 @@ constexpr float kFloatSumFloor = 1e-30f;
 
 // Adds the 16 floats of v to the 16 double lanes (lo, hi).
 GN_INLINE void add_widened(vf16 v, vd8* lo, vd8* hi) {
-  *lo += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), vd8);
-  *hi += __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), vd8);
+  vd8 l, h;
+  widen16(v, &l, &h);
+  *lo += l;
+  *hi += h;
 }
 
 // Gradient sums of float data with half the widening: dy and dy * (x - m), m = the mean

@@ -145,6 +145,16 @@ GN_INLINE vf16 load16f(const c10::Half* p) {
   return load16f(f);
 }
 
+// 16 floats widened to two vectors of 8 doubles (exact), through one 16-lane conversion:
+// GCC 12 lowers that to two full-width vcvtps2pd (AVX-512: 3 instructions with the extract),
+// but an 8-lane float-to-double conversion to four-lane pieces, shuffles and inserts (7).
+typedef double vd16 __attribute__((vector_size(128), aligned(8)));
+GN_INLINE void widen16(vf16 v, vd8* lo, vd8* hi) {
+  const vd16 w = __builtin_convertvector(v, vd16);
+  *lo = __builtin_shufflevector(w, w, 0, 1, 2, 3, 4, 5, 6, 7);
+  *hi = __builtin_shufflevector(w, w, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
 // The same tree over 16 float lanes, and the smallest lane (a < b ? a : b at each step).
 typedef float vf4 __attribute__((vector_size(16), aligned(4)));
 typedef float vf2 __attribute__((vector_size(8), aligned(4)));
