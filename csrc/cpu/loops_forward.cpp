@@ -66,6 +66,67 @@ constexpr float kFloatSafeMagnitude = 1e16f;
 // below 1.2e-38 and lose its digits); a tinier spread takes the double pass.
 constexpr float kFloatMinSpread = 1e-12f;
 
+// The float-lane moments of moments_impl, on lanes of type V (simd.h: vf16 or vf8x2).
+template <typename V, typename T>
+GN_INLINE void moments_float(const T* x, int64_t n, reduce_t* mean_out, reduce_t* m2_out) {
+  const float first = static_cast<float>(x[0]);
+  V s0 = {}, s1 = {}, lo = splat<V>(first), hi = lo;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    prefetch_ahead<32 * sizeof(T)>(x + i);
+    const V a = load16<V>(x + i), b = load16<V>(x + i + 16);
+    s0 += a;
+    s1 += b;
+    lo = vmin(a, lo);
+    hi = vmax(a, hi);
+    lo = vmin(b, lo);
+    hi = vmax(b, hi);
+  }
+  float sum = reduce16f(s0) + reduce16f(s1), vmin_all = min16f(lo), vmax_all = -min16f(-hi);
+  for (; i < n; ++i) {
+    const float v = static_cast<float>(x[i]);
+    sum += v;
+    vmin_all = v < vmin_all ? v : vmin_all;
+    vmax_all = v > vmax_all ? v : vmax_all;
+  }
+  const float magnitude = vmax_all > -vmin_all ? vmax_all : -vmin_all;
+  if (std::isfinite(sum) && magnitude < kFloatSafeMagnitude && vmin_all == vmax_all) {
+    *mean_out = vmin_all;  // constant chunk
+    *m2_out = 0;
+    return;
+  }
+  const reduce_t mean0 = static_cast<reduce_t>(sum) / static_cast<reduce_t>(n);
+  reduce_t sum_d, sum_d2;
+  if (std::isfinite(sum) && magnitude < kFloatSafeMagnitude && vmax_all - vmin_all >= kFloatMinSpread) {
+    const float mean0f = static_cast<float>(mean0);
+    V d0 = {}, d1 = {}, q0 = {}, q1 = {};
+    i = 0;
+    for (; i + 32 <= n; i += 32) {
+      const V a = load16<V>(x + i) - mean0f, b = load16<V>(x + i + 16) - mean0f;
+      d0 += a;
+      d1 += b;
+      q0 += a * a;
+      q1 += b * b;
+    }
+    float td = 0, tq = 0;
+    for (; i < n; ++i) {
+      const float d = static_cast<float>(x[i]) - mean0f;
+      td += d;
+      tq += d * d;
+    }
+    sum_d = static_cast<reduce_t>(reduce16f(d0) + reduce16f(d1) + td);
+    sum_d2 = static_cast<reduce_t>(reduce16f(q0) + reduce16f(q1) + tq);
+    const Moments<reduce_t> m = moments_from_deviations(static_cast<reduce_t>(n), static_cast<reduce_t>(mean0f), sum_d, sum_d2);
+    *mean_out = m.mean;
+    *m2_out = m.m2;
+    return;
+  }
+  sum_dev_impl(x, n, mean0, &sum_d, &sum_d2);
+  const Moments<reduce_t> m = moments_from_deviations(static_cast<reduce_t>(n), mean0, sum_d, sum_d2);
+  *mean_out = m.mean;
+  *m2_out = m.m2;
+}
+
 template <typename T>
 GN_INLINE void moments_impl(const T* x, int64_t n, reduce_t* mean_out, reduce_t* m2_out) {
   if constexpr (std::is_same_v<T, double>) {
@@ -75,63 +136,10 @@ GN_INLINE void moments_impl(const T* x, int64_t n, reduce_t* mean_out, reduce_t*
     const Moments<reduce_t> m = moments_from_deviations(static_cast<reduce_t>(n), mean0, sum_d, sum_d2);
     *mean_out = m.mean;
     *m2_out = m.m2;
+  } else if (wide_vectors()) {
+    moments_float<vf16>(x, n, mean_out, m2_out);
   } else {
-    const float first = static_cast<float>(x[0]);
-    vf16 s0 = {}, s1 = {}, lo = first - vf16{}, hi = lo;
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-      prefetch_ahead<32 * sizeof(T)>(x + i);
-      const vf16 a = load16f(x + i), b = load16f(x + i + 16);
-      s0 += a;
-      s1 += b;
-      lo = a < lo ? a : lo;
-      hi = a > hi ? a : hi;
-      lo = b < lo ? b : lo;
-      hi = b > hi ? b : hi;
-    }
-    float sum = reduce16f(s0) + reduce16f(s1), vmin = min16f(lo), vmax = -min16f(-hi);
-    for (; i < n; ++i) {
-      const float v = static_cast<float>(x[i]);
-      sum += v;
-      vmin = v < vmin ? v : vmin;
-      vmax = v > vmax ? v : vmax;
-    }
-    const float magnitude = vmax > -vmin ? vmax : -vmin;
-    if (std::isfinite(sum) && magnitude < kFloatSafeMagnitude && vmin == vmax) {
-      *mean_out = vmin;  // constant chunk
-      *m2_out = 0;
-      return;
-    }
-    const reduce_t mean0 = static_cast<reduce_t>(sum) / static_cast<reduce_t>(n);
-    reduce_t sum_d, sum_d2;
-    if (std::isfinite(sum) && magnitude < kFloatSafeMagnitude && vmax - vmin >= kFloatMinSpread) {
-      const float mean0f = static_cast<float>(mean0);
-      vf16 d0 = {}, d1 = {}, q0 = {}, q1 = {};
-      i = 0;
-      for (; i + 32 <= n; i += 32) {
-        const vf16 a = load16f(x + i) - mean0f, b = load16f(x + i + 16) - mean0f;
-        d0 += a;
-        d1 += b;
-        q0 += a * a;
-        q1 += b * b;
-      }
-      float td = 0, tq = 0;
-      for (; i < n; ++i) {
-        const float d = static_cast<float>(x[i]) - mean0f;
-        td += d;
-        tq += d * d;
-      }
-      sum_d = static_cast<reduce_t>(reduce16f(d0) + reduce16f(d1) + td);
-      sum_d2 = static_cast<reduce_t>(reduce16f(q0) + reduce16f(q1) + tq);
-      const Moments<reduce_t> m = moments_from_deviations(static_cast<reduce_t>(n), static_cast<reduce_t>(mean0f), sum_d, sum_d2);
-      *mean_out = m.mean;
-      *m2_out = m.m2;
-      return;
-    }
-    sum_dev_impl(x, n, mean0, &sum_d, &sum_d2);
-    const Moments<reduce_t> m = moments_from_deviations(static_cast<reduce_t>(n), mean0, sum_d, sum_d2);
-    *mean_out = m.mean;
-    *m2_out = m.m2;
+    moments_float<vf8x2>(x, n, mean_out, m2_out);
   }
 }
 
@@ -300,13 +308,18 @@ void fence_streaming_stores() {
 }
 
 const char* loops_isa() {
+  // Which lanes the contiguous moments use (simd.h, wide_vectors) is said where it is not the
+  // clone's own width.
+  const bool wide = wide_vectors();
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
   __builtin_cpu_init();
   // Mirrors the loader's choice for GN_CLONES: the highest level this CPU supports.
-  if (__builtin_cpu_supports("x86-64-v4")) return "avx512 (x86-64-v4 clone)";
+  if (__builtin_cpu_supports("x86-64-v4")) {
+    return wide ? "avx512 (x86-64-v4 clone)" : "avx512 (x86-64-v4 clone, 8-lane moments)";
+  }
   if (__builtin_cpu_supports("x86-64-v3")) return "avx2 (x86-64-v3 clone)";
 #endif
-  return "baseline";
+  return wide ? "baseline" : "baseline (8-lane moments)";
 }
 
 }  // namespace cpu

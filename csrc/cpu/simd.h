@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include <c10/util/BFloat16.h>
@@ -158,23 +161,107 @@ GN_INLINE void widen16(vf16 v, vd8* lo, vd8* hi) {
 // The same tree over 16 float lanes, and the smallest lane (a < b ? a : b at each step).
 typedef float vf4 __attribute__((vector_size(16), aligned(4)));
 typedef float vf2 __attribute__((vector_size(8), aligned(4)));
-GN_INLINE float reduce16f(vf16 v) {
-  const vf8 s8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+GN_INLINE float reduce8f(vf8 s8) {  // the tree from its second level (8 lanes)
   const vf4 s4 = __builtin_shufflevector(s8, s8, 0, 1, 2, 3) + __builtin_shufflevector(s8, s8, 4, 5, 6, 7);
   const vf2 s2 = __builtin_shufflevector(s4, s4, 0, 1) + __builtin_shufflevector(s4, s4, 2, 3);
   return s2[0] + s2[1];
 }
+GN_INLINE float reduce16f(vf16 v) {
+  return reduce8f(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                  __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+}
 
-GN_INLINE float min16f(vf16 v) {
-  const vf8 a8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
-  const vf8 b8 = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const vf8 m8 = a8 < b8 ? a8 : b8;
+GN_INLINE float min8f(vf8 m8) {  // from the second level
   const vf4 a4 = __builtin_shufflevector(m8, m8, 0, 1, 2, 3), b4 = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
   const vf4 m4 = a4 < b4 ? a4 : b4;
   const vf2 a2 = __builtin_shufflevector(m4, m4, 0, 1), b2 = __builtin_shufflevector(m4, m4, 2, 3);
   const vf2 m2 = a2 < b2 ? a2 : b2;
   return m2[0] < m2[1] ? m2[0] : m2[1];
+}
+GN_INLINE float min16f(vf16 v) {
+  const vf8 a8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  const vf8 b8 = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  return min8f(a8 < b8 ? a8 : b8);
+}
+GN_INLINE vf16 vmin(vf16 a, vf16 b) { return a < b ? a : b; }
+GN_INLINE vf16 vmax(vf16 a, vf16 b) { return a > b ? a : b; }
+
+// The same 16 float lanes as two 8-lane halves, for the clones without AVX-512: there GCC 12
+// keeps a 512-bit generic vector in memory and splits every operation through the stack (a
+// contiguous float32 forward ran at 0.26-0.40x torch's AVX2 kernels on the x86-64-v3 clone),
+// where 256-bit halves stay in registers. Lane for lane the same operations as vf16 (the
+// reductions start at the same halving), so the same bits. Loops templated on the lane type
+// take vf16 where wide_vectors() and vf8x2 elsewhere.
+struct vf8x2 {
+  vf8 lo, hi;
+};
+GN_INLINE vf8x2 operator+(vf8x2 a, vf8x2 b) { return {a.lo + b.lo, a.hi + b.hi}; }
+GN_INLINE vf8x2 operator-(vf8x2 a, vf8x2 b) { return {a.lo - b.lo, a.hi - b.hi}; }
+GN_INLINE vf8x2 operator*(vf8x2 a, vf8x2 b) { return {a.lo * b.lo, a.hi * b.hi}; }
+GN_INLINE vf8x2 operator-(vf8x2 a, float b) { return {a.lo - b, a.hi - b}; }
+GN_INLINE vf8x2 operator-(vf8x2 a) { return {-a.lo, -a.hi}; }
+GN_INLINE vf8x2& operator+=(vf8x2& a, vf8x2 b) {
+  a.lo += b.lo;
+  a.hi += b.hi;
+  return a;
+}
+GN_INLINE vf8x2 vmin(vf8x2 a, vf8x2 b) { return {a.lo < b.lo ? a.lo : b.lo, a.hi < b.hi ? a.hi : b.hi}; }
+GN_INLINE vf8x2 vmax(vf8x2 a, vf8x2 b) { return {a.lo > b.lo ? a.lo : b.lo, a.hi > b.hi ? a.hi : b.hi}; }
+GN_INLINE float reduce16f(vf8x2 v) { return reduce8f(v.lo + v.hi); }
+GN_INLINE float min16f(vf8x2 v) { return min8f(v.lo < v.hi ? v.lo : v.hi); }
+
+GN_INLINE vf8 load8f(const float* p) {
+  vf8 v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+GN_INLINE vf8 load8f(const c10::BFloat16* p) {
+  vh8 h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  const vu8 bits = __builtin_convertvector(h, vu8) << 16;
+  vf8 f;
+  __builtin_memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+GN_INLINE vf8 load8f(const c10::Half* p) {
+  float f[8];
+  for (int l = 0; l < 8; ++l) f[l] = static_cast<float>(p[l]);
+  return load8f(f);
+}
+
+// Sixteen consecutive values as the lane type V (vf16 or vf8x2), and V with every lane v.
+template <typename V, typename T>
+GN_INLINE V load16(const T* p) {
+  if constexpr (std::is_same_v<V, vf16>) {
+    return load16f(p);
+  } else {
+    return {load8f(p), load8f(p + 8)};
+  }
+}
+template <typename V>
+GN_INLINE V splat(float v) {
+  if constexpr (std::is_same_v<V, vf16>) {
+    return v - vf16{};
+  } else {
+    return {v - vf8{}, v - vf8{}};
+  }
+}
+
+// Whether the loader picked the AVX-512 clone of the loops (GN_CLONES, as loops_isa()): the
+// 512-bit lane types pay only there. GROUPNORM_EXT_CPU_LANES=narrow takes the 8-lane halves
+// anyway (read once; the tests check that both give the same bits).
+inline bool wide_vectors() {
+  static const bool wide = [] {
+    const char* env = std::getenv("GROUPNORM_EXT_CPU_LANES");
+    if (env != nullptr && std::string_view(env) == "narrow") return false;
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("x86-64-v4") != 0;
+#else
+    return true;
+#endif
+  }();
+  return wide;
 }
 
 // Streaming (non-temporal) output: each 64-byte line of the output is computed by the same
