@@ -1,9 +1,10 @@
-"""The contiguous CPU moments in 8-lane halves (csrc/cpu/simd.h, vf8x2): the clones without AVX-512 use
-them, because GCC keeps 512-bit generic vectors in memory there; lane for lane they make the same
-operations as the 16-lane vectors of the AVX-512 clone, so every output must be bitwise the same.
+"""The contiguous CPU moments and gradient sums in 8-lane halves (csrc/cpu/simd.h, vf8x2 / vd4x2): the
+clones without AVX-512 use them, because GCC keeps 512-bit generic vectors in memory there; lane for lane
+they make the same operations as the wide vectors of the AVX-512 clone, so every output (forward and
+backward) must be bitwise the same.
 GROUPNORM_EXT_CPU_LANES=narrow forces the halves on this machine; it is read once per process, so each
 mode runs in a child over the same inputs. The cases reach every branch of the moments: the 32-element
-loop and the tail, constant chunks, huge values (the double second pass), a tiny spread, Inf / NaN,
+loop and the tail, constant chunks, huge values (the double passes), a tiny spread, Inf / NaN,
 float32, bfloat16 and float16, several chunks per group and more than one group per sample."""
 import os
 import subprocess
@@ -52,7 +53,13 @@ CASES_SCRIPT = textwrap.dedent(
             w = torch.randn(shape[1], dtype=torch.float64).to(dtype)
             b = torch.randn(shape[1], dtype=torch.float64).to(dtype)
             y, mean, rstd = torch.ops.groupnorm_ext.group_norm_forward(x, groups, w, b, 1e-5, "identity")
-            results.append(dict(shape=shape, groups=groups, kind=kind, x=x, w=w, b=b, y=y, mean=mean, rstd=rstd))
+            dy = torch.randn(shape, dtype=torch.float64).to(dtype)
+            if kind == "huge":
+                dy = dy * 1e20  # products past float's range: the double re-sum
+            gx, gw, gb = torch.ops.groupnorm_ext.group_norm_backward(dy, x, mean, rstd, w, b, groups, "identity",
+                                                                     [True, True, True])
+            results.append(dict(shape=shape, groups=groups, kind=kind, x=x, w=w, b=b, y=y, mean=mean, rstd=rstd,
+                                gx=gx, gw=gw, gb=gb))
     torch.save(dict(isa=groupnorm_ext.cpu_capability(), results=results), sys.argv[1])
     """
 )
@@ -92,7 +99,7 @@ def test_narrow_lanes_give_the_wide_lanes_bits(both_lanes):
     assert len(narrow["results"]) == len(default["results"]) > 0
     for n, d in zip(narrow["results"], default["results"]):
         assert same_bits(n["x"], d["x"]), "the two processes drew different inputs"
-        for key in ("y", "mean", "rstd"):
+        for key in ("y", "mean", "rstd", "gx", "gw", "gb"):
             assert same_bits(n[key], d[key]), f"{key} differs for {n['shape']} {n['x'].dtype} {n['kind']}"
 
 

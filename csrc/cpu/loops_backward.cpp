@@ -45,6 +45,16 @@ GN_INLINE void add_widened(vf16 v, vd8* lo, vd8* hi) {
   *lo += l;
   *hi += h;
 }
+GN_INLINE void add_widened(vf8x2 v, vd4x2* lo, vd4x2* hi) {
+  *lo += vd4x2{__builtin_convertvector(__builtin_shufflevector(v.lo, v.lo, 0, 1, 2, 3), vd4),
+               __builtin_convertvector(__builtin_shufflevector(v.lo, v.lo, 4, 5, 6, 7), vd4)};
+  *hi += vd4x2{__builtin_convertvector(__builtin_shufflevector(v.hi, v.hi, 0, 1, 2, 3), vd4),
+               __builtin_convertvector(__builtin_shufflevector(v.hi, v.hi, 4, 5, 6, 7), vd4)};
+}
+
+// The double lanes that go with float lanes V (simd.h): vd8 with vf16, vd4x2 with vf8x2.
+template <typename V>
+using double_lanes_t = std::conditional_t<std::is_same_v<V, vf16>, vd8, vd4x2>;
 
 // Gradient sums of float data with half the widening: dy and dy * (x - m), m = the mean
 // rounded to float, formed in float, four vectors (64 elements) summed in float, then added to
@@ -55,22 +65,28 @@ GN_INLINE void add_widened(vf16 v, vd8* lo, vd8* hi) {
 // at most 3 roundings of 2^-24 of its terms' magnitude: the accuracy of the NSC forward's
 // four-row sums. Returns false (nothing written) where float cannot be trusted, as the
 // bfloat16 path: overflow, Inf / NaN, or sums small enough that products may have underflowed.
+template <typename V>
 GN_INLINE bool grad_sums_float(const float* dy, const float* x, int64_t n, reduce_t mean, reduce_t* sum_dy,
                                reduce_t* sum_dy_xc) {
   const float m = static_cast<float>(mean);
-  vd8 g0 = {}, g1 = {}, p0 = {}, p1 = {};
+  double_lanes_t<V> g0 = {}, g1 = {}, p0 = {}, p1 = {};
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
-    const vf16 a0 = load16f(dy + i), a1 = load16f(dy + i + 16), a2 = load16f(dy + i + 32), a3 = load16f(dy + i + 48);
+    const V a0 = load16<V>(dy + i), a1 = load16<V>(dy + i + 16), a2 = load16<V>(dy + i + 32), a3 = load16<V>(dy + i + 48);
     add_widened((a0 + a1) + (a2 + a3), &g0, &g1);
-    add_widened((a0 * (load16f(x + i) - m) + a1 * (load16f(x + i + 16) - m)) +
-                    (a2 * (load16f(x + i + 32) - m) + a3 * (load16f(x + i + 48) - m)),
-                &p0, &p1);
+    // Products named in order: of the two products an add can contract with, GCC fuses the one
+    // it meets first, and the operands of an overloaded + (vf8x2) would be evaluated in another
+    // order than those of a built-in one (vf16).
+    const V t0 = a0 * (load16<V>(x + i) - m);
+    const V t1 = a1 * (load16<V>(x + i + 16) - m);
+    const V t2 = a2 * (load16<V>(x + i + 32) - m);
+    const V t3 = a3 * (load16<V>(x + i + 48) - m);
+    add_widened((t0 + t1) + (t2 + t3), &p0, &p1);
   }
   for (; i + 16 <= n; i += 16) {
-    const vf16 a = load16f(dy + i);
+    const V a = load16<V>(dy + i);
     add_widened(a, &g0, &g1);
-    add_widened(a * (load16f(x + i) - m), &p0, &p1);
+    add_widened(a * (load16<V>(x + i) - m), &p0, &p1);
   }
   reduce_t tail_dy = 0, tail_dy_xc = 0;
   for (; i < n; ++i) {
@@ -87,39 +103,55 @@ GN_INLINE bool grad_sums_float(const float* dy, const float* x, int64_t n, reduc
   return true;
 }
 
+// The float-lane sums of bfloat16 / half data (lanes V, as moments_float); false (nothing
+// written) where float cannot be trusted.
+template <typename V, typename T>
+GN_INLINE bool grad_sums_half_float(const T* dy, const T* x, int64_t n, reduce_t mean, reduce_t* sum_dy,
+                                    reduce_t* sum_dy_xc) {
+  const float m = static_cast<float>(mean);
+  V g0 = {}, g1 = {}, p0 = {}, p1 = {};
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const V a = load16<V>(dy + i), b = load16<V>(dy + i + 16);
+    g0 += a;
+    g1 += b;
+    p0 += a * (load16<V>(x + i) - m);
+    p1 += b * (load16<V>(x + i + 16) - m);
+  }
+  float tail_dy = 0, tail_dy_xc = 0;
+  for (; i < n; ++i) {
+    const float g = static_cast<float>(dy[i]);
+    tail_dy += g;
+    tail_dy_xc += g * (static_cast<float>(x[i]) - m);
+  }
+  const float s_dy = reduce16f(g0) + reduce16f(g1) + tail_dy;
+  const float s_dy_xc = reduce16f(p0) + reduce16f(p1) + tail_dy_xc;
+  if (std::isfinite(s_dy) && std::isfinite(s_dy_xc) && std::fabs(s_dy_xc) >= kFloatSumFloor) {
+    *sum_dy = s_dy;
+    *sum_dy_xc = s_dy_xc;
+    return true;
+  }
+  // Overflow past float's range (|dy * (x - mean)| near 3e38), Inf / NaN in the data, or
+  // products that may have fallen below float's normal range (a sum under kFloatSumFloor:
+  // n <= 2^13 products each under 1.2e-38 add up to less; this also catches an all-zero dy):
+  // the caller sums the chunk again in double, which gives the same sums as float and double
+  // inputs get.
+  return false;
+}
+
 template <typename T>
 GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, reduce_t mean, reduce_t* sum_dy,
                               reduce_t* sum_dy_xc) {
   if constexpr (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>) {
-    const float m = static_cast<float>(mean);
-    vf16 g0 = {}, g1 = {}, p0 = {}, p1 = {};
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-      const vf16 a = load16f(dy + i), b = load16f(dy + i + 16);
-      g0 += a;
-      g1 += b;
-      p0 += a * (load16f(x + i) - m);
-      p1 += b * (load16f(x + i + 16) - m);
-    }
-    float tail_dy = 0, tail_dy_xc = 0;
-    for (; i < n; ++i) {
-      const float g = static_cast<float>(dy[i]);
-      tail_dy += g;
-      tail_dy_xc += g * (static_cast<float>(x[i]) - m);
-    }
-    const float s_dy = reduce16f(g0) + reduce16f(g1) + tail_dy;
-    const float s_dy_xc = reduce16f(p0) + reduce16f(p1) + tail_dy_xc;
-    if (std::isfinite(s_dy) && std::isfinite(s_dy_xc) && std::fabs(s_dy_xc) >= kFloatSumFloor) {
-      *sum_dy = s_dy;
-      *sum_dy_xc = s_dy_xc;
+    if (wide_vectors() ? grad_sums_half_float<vf16>(dy, x, n, mean, sum_dy, sum_dy_xc)
+                       : grad_sums_half_float<vf8x2>(dy, x, n, mean, sum_dy, sum_dy_xc)) {
       return;
     }
-    // Overflow past float's range (|dy * (x - mean)| near 3e38), Inf / NaN in the data, or
-    // products that may have fallen below float's normal range (a sum under kFloatSumFloor:
-    // n <= 2^13 products each under 1.2e-38 add up to less; this also catches an all-zero dy):
-    // the chunk again in double, which gives the same sums as float and double inputs get.
   } else if constexpr (std::is_same_v<T, float>) {
-    if (grad_sums_float(dy, x, n, mean, sum_dy, sum_dy_xc)) return;
+    if (wide_vectors() ? grad_sums_float<vf16>(dy, x, n, mean, sum_dy, sum_dy_xc)
+                       : grad_sums_float<vf8x2>(dy, x, n, mean, sum_dy, sum_dy_xc)) {
+      return;
+    }
   }
   vd8 g0 = {}, g1 = {}, p0 = {}, p1 = {};
   int64_t i = 0;

@@ -45,9 +45,12 @@ GN_INLINE acc_t load(const T* p) {
 }
 
 // The reductions are written with GCC vector types: 8 doubles per vector, two vectors
-// (16 lanes, two independent add chains) per accumulator. Every clone lowers them to its
-// widest registers (one zmm, two ymm, four xmm); auto-vectorizing the equivalent scalar
-// loops gave scalar code for loops with two accumulators.
+// (16 lanes, two independent add chains) per accumulator; auto-vectorizing the equivalent
+// scalar loops gave scalar code for loops with two accumulators. The AVX-512 clone keeps a
+// 512-bit vector in one zmm register; the other clones would not (GCC 12 keeps a vector wider
+// than the clone's registers in memory and splits every operation through the stack), so the
+// hot contiguous loops run there on 256-bit halves with the same lanes (vf8x2 and vd4x2
+// below).
 typedef double vd8 __attribute__((vector_size(64), aligned(8)));
 typedef float vf8 __attribute__((vector_size(32), aligned(4)));
 typedef uint32_t vu8 __attribute__((vector_size(32), aligned(4)));
@@ -84,11 +87,13 @@ GN_INLINE vd8 load8(const c10::Half* p) {
 // the data on short runs (the channels of small tensors).
 typedef double vd4 __attribute__((vector_size(32), aligned(8)));
 typedef double vd2 __attribute__((vector_size(16), aligned(8)));
-GN_INLINE reduce_t reduce_vectors(vd8 a, vd8 b) {
-  const vd8 s8 = a + b;
-  const vd4 s4 = __builtin_shufflevector(s8, s8, 0, 1, 2, 3) + __builtin_shufflevector(s8, s8, 4, 5, 6, 7);
+GN_INLINE reduce_t reduce4d(vd4 s4) {  // the tree from its third level (4 lanes)
   const vd2 s2 = __builtin_shufflevector(s4, s4, 0, 1) + __builtin_shufflevector(s4, s4, 2, 3);
   return s2[0] + s2[1];
+}
+GN_INLINE reduce_t reduce_vectors(vd8 a, vd8 b) {
+  const vd8 s8 = a + b;
+  return reduce4d(__builtin_shufflevector(s8, s8, 0, 1, 2, 3) + __builtin_shufflevector(s8, s8, 4, 5, 6, 7));
 }
 
 constexpr int64_t kLineBytes = 64;
@@ -209,6 +214,17 @@ GN_INLINE vf8x2 vmin(vf8x2 a, vf8x2 b) { return {a.lo < b.lo ? a.lo : b.lo, a.hi
 GN_INLINE vf8x2 vmax(vf8x2 a, vf8x2 b) { return {a.lo > b.lo ? a.lo : b.lo, a.hi > b.hi ? a.hi : b.hi}; }
 GN_INLINE float reduce16f(vf8x2 v) { return reduce8f(v.lo + v.hi); }
 GN_INLINE float min16f(vf8x2 v) { return min8f(v.lo < v.hi ? v.lo : v.hi); }
+
+// The double counterpart: vd8's 8 lanes as two 4-lane halves (the wide vd8 goes with vf16).
+struct vd4x2 {
+  vd4 lo, hi;
+};
+GN_INLINE vd4x2& operator+=(vd4x2& a, vd4x2 b) {
+  a.lo += b.lo;
+  a.hi += b.hi;
+  return a;
+}
+GN_INLINE reduce_t reduce_vectors(vd4x2 a, vd4x2 b) { return reduce4d((a.lo + b.lo) + (a.hi + b.hi)); }
 
 GN_INLINE vf8 load8f(const float* p) {
   vf8 v;
