@@ -224,3 +224,23 @@ def test_larger_batch_and_groups():
     out = groupnorm_ext.group_norm(x, 16, w, b)
     torch.testing.assert_close(out.double(), ref_group_norm(x, 16, w, b)[0], **tol(torch.float32))
     assert_memory_format_preserved(out, x)
+
+
+# Small contiguous slabs go through batches of consecutive slabs (cpu/group_norm_forward.cpp,
+# run_fused_small_slabs): batches that end inside a sample and on its last group, a slab per channel
+# (G = C) and a few channels per slab, one chunk per slab, with and without affine. A coefficient taken
+# for the wrong group or channel shows against the reference.
+SMALL_SLAB_CASES = [((5, 96, 9, 7), 96), ((3, 48, 5, 5), 16), ((7, 30, 41), 10), ((2, 64, 8, 8), 64)]
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape,G", SMALL_SLAB_CASES, ids=[f"{shape_id(s)}-G{g}" for s, g in SMALL_SLAB_CASES])
+def test_small_contiguous_slabs(shape, G, dtype, affine):
+    x = make_input(shape, dtype, "contiguous", seed=31)
+    w, b = make_affine(shape[1], dtype, seed=32) if affine else (None, None)
+    out, mean, rstd = ops.group_norm_forward(x, G, w, b, 1e-5, "identity")
+    expected, exp_mean, exp_rstd = ref_group_norm(x, G, w, b, 1e-5)
+    torch.testing.assert_close(out.double(), expected, **forward_tol(dtype, x, G, w))
+    torch.testing.assert_close(mean.double().view(-1), exp_mean.reshape(-1), **STAT_TOLERANCES[stat_dtype(dtype)])
+    torch.testing.assert_close(rstd.double().view(-1), exp_rstd.reshape(-1), **STAT_TOLERANCES[stat_dtype(dtype)])

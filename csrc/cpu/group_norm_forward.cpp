@@ -32,6 +32,12 @@ using Stats = Moments<reduce_t>;
 // Elements one parallel task of an elementwise pass should touch at least, so that
 // scheduling costs nothing.
 constexpr int64_t kApplyGrainElems = 32768;
+// Small NCS slabs (run_fused_small_slabs): at most kSmallSlabBytes each, batched by up to
+// kSmallSlabBatchRows rows (n, c) (their coefficients: 12 KiB of float) and kSmallSlabBatchBytes
+// of data, so that both stay in L1 from the statistics to the normalization.
+constexpr int64_t kSmallSlabBytes = 4096;
+constexpr int64_t kSmallSlabBatchRows = 1024;
+constexpr int64_t kSmallSlabBatchBytes = 16384;
 
 // NCS: the default plan (chunks of ~8K elements, each reduced by the two-pass loop_moments
 // while it sits in L1/L2). NSC: blocks of whole rows, make_cpu_row_chunk_plan (a chunk's
@@ -133,6 +139,16 @@ struct Forward {
     }
   }
 
+  // The same for the D rows of slab (n, g) = ng, whose group g the caller knows: no division
+  // (a slab of one 8x8 channel is ~64 elements of work).
+  void slab_coefficients(int64_t ng, int64_t g, acc_t* mean_r, acc_t* scale_r, acc_t* bias_r) const {
+    for (int64_t j = 0, c = g * D(); j < D(); ++j, ++c) {
+      mean_r[j] = mean_out[ng];
+      scale_r[j] = scale(ng, c);
+      bias_r[j] = shift(c);
+    }
+  }
+
   // Apply to elements [i0, i1) of an NCS tensor, whole rows and parts of rows; coefficient
   // arrays indexed by row - row0. Whole rows go to loop_normalize_runs in one call (rows of
   // an 8x8 image are 64 elements: a call per row cost more than the row).
@@ -216,9 +232,44 @@ struct Forward {
     });
   }
 
+  // NCS slabs of one chunk and at most kSmallSlabBytes (one channel of a small image, a few
+  // channels of a 1-D signal): the loop calls, not the arithmetic, would cost the most,
+  // so a batch of consecutive slabs takes one moments call (a run per slab: the same bits as a
+  // call per slab) and one normalize call over all of its rows.
+  void run_fused_small_slabs() const {
+    const int64_t G = sh.groups, len = D() * sh.S;
+    // Slabs per batch: their rows' coefficients and their data stay in L1 between the passes.
+    const int64_t most = std::max<int64_t>(
+        1, std::min(kSmallSlabBatchRows / D(), kSmallSlabBatchBytes / (len * static_cast<int64_t>(sizeof(T)))));
+    at::parallel_for(0, sh.N * G, cpu::grain_for(len), [&](int64_t begin, int64_t end) {
+      const cpu::StreamingStoresFence fence{stream};
+      const int64_t batch = std::min(most, end - begin);
+      std::vector<reduce_t> moments(2 * batch);  // mean, then M2, of each slab of a batch
+      std::vector<acc_t> rows(3 * batch * D());   // mean, scale, bias of each row of a batch
+      acc_t* const mean_r = rows.data();
+      acc_t* const scale_r = mean_r + batch * D();
+      acc_t* const bias_r = scale_r + batch * D();
+      for (int64_t b0 = begin, g = begin % G; b0 < end; b0 += batch) {
+        const int64_t slabs = std::min(batch, end - b0), first = slab_offset_ncs(b0);
+        cpu::loop_moments_runs(x + first, slabs, len, moments.data(), moments.data() + batch);
+        for (int64_t i = 0; i < slabs; ++i) {
+          Stats m{static_cast<reduce_t>(len), moments[i], moments[batch + i]};
+          finalize(b0 + i, &m);
+          slab_coefficients(b0 + i, g, mean_r + i * D(), scale_r + i * D(), bias_r + i * D());
+          if (++g == G) g = 0;
+        }
+        cpu::loop_normalize_runs(x + first, y + first, slabs * D(), sh.S, mean_r, scale_r, bias_r, stream);
+      }
+    });
+  }
+
   void run_fused() const {
     const int64_t G = sh.groups, K = plan.num_chunks, C = sh.C;
     if (sh.order == MemoryOrder::NCS) {
+      if (K == 1 && D() * sh.S * static_cast<int64_t>(sizeof(T)) <= kSmallSlabBytes) {
+        run_fused_small_slabs();
+        return;
+      }
       at::parallel_for(0, sh.N * G, cpu::grain_for(D() * sh.S), [&](int64_t begin, int64_t end) {
         const cpu::StreamingStoresFence fence{stream};
         std::vector<Stats> partials(K);
@@ -226,14 +277,15 @@ struct Forward {
         acc_t* const mean_r = rows.data();
         acc_t* const scale_r = mean_r + D();
         acc_t* const bias_r = scale_r + D();
-        for (int64_t ng = begin; ng < end; ++ng) {
+        for (int64_t ng = begin, g = begin % G; ng < end; ++ng) {
           for (int64_t k = 0; k < K; ++k) partials[k] = chunk_moments_ncs(ng, k);
           finalize(ng, partials.data());
-          row_coefficients(ng * D(), D(), mean_r, scale_r, bias_r);  // row n * C + g * D = ng * D
+          slab_coefficients(ng, g, mean_r, scale_r, bias_r);
           const int64_t first = slab_offset_ncs(ng);  // the slab is contiguous
           cpu::for_blocks_reversed(first, first + D() * sh.S, kApplyGrainElems, [&](int64_t b, int64_t e) {
             apply_ncs(b, e, mean_r, scale_r, bias_r, ng * D());
           });
+          if (++g == G) g = 0;
         }
       });
       return;

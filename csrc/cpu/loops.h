@@ -37,6 +37,9 @@ using reduce_t = double;
   /* moments (count, mean, M2) of x[0..n), n > 0: the corrected two-pass algorithm, in      \
      float lanes when the data allow it (see loops_forward.cpp), else in double */          \
   void loop_moments(const T* x, int64_t n, reduce_t* mean, reduce_t* m2);                    \
+  /* loop_moments of `runs` consecutive runs of `len` elements, run r into mean[r], m2[r]:    \
+     the same values as a call per run (the NCS statistics of many small slabs) */            \
+  void loop_moments_runs(const T* x, int64_t runs, int64_t len, reduce_t* mean, reduce_t* m2); \
   /* y = (x - mean) * scale + bias, one coefficient set for the run (NCS apply). The        \
      elementwise loops take `stream`: write the output with streaming stores (see           \
      streaming_stores_pay in schedule.h); the values are the same either way. */            \

@@ -260,6 +260,10 @@ GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, const redu
   GN_CLONES void loop_moments(const T* x, int64_t n, reduce_t* mean, reduce_t* m2) {           \
     moments_impl(x, n, mean, m2);                                                              \
   }                                                                                            \
+  GN_CLONES void loop_moments_runs(const T* x, int64_t runs, int64_t len, reduce_t* mean,       \
+                                   reduce_t* m2) {                                             \
+    for (int64_t r = 0; r < runs; ++r, x += len) moments_impl(x, len, mean + r, m2 + r);       \
+  }                                                                                            \
   GN_CLONES void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean,                 \
                                 opmath_t<T> scale, opmath_t<T> bias, bool stream) {            \
     if (!stream) return normalize_impl(x, y, n, mean, scale, bias);                            \
