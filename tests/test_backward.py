@@ -73,7 +73,8 @@ def test_gradcheck_float64(shape, G, layout, affine):
 # ------------------------------------------------------------------------------------ float32 vs torch
 SHAPES = [((3, 6), 3), ((2, 6, 7), 2), ((2, 6, 5, 3), 3), ((1, 8, 3, 4, 5), 4), ((4, 12, 3, 5), 12),
           ((2, 8, 4, 4), 1),
-          ((2, 1288, 5, 7), 8)]  # channels_last: gradient sums by 16-channel blocks, then a row-loop tail
+          ((2, 1288, 5, 7), 8),  # channels_last: gradient sums by 16-channel blocks, then a row-loop tail
+          ((5, 96, 9, 7), 96), ((7, 30, 41), 10)]  # contiguous: batches of small slabs ending mid-sample
 CASES = [pytest.param(s, g, lay, id=f"{shape_id(s)}-G{g}-{lay}")
          for s, g in SHAPES for lay in layouts_for_rank(len(s))]
 

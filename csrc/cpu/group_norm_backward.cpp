@@ -32,6 +32,12 @@ using cpu::reduce_t;
 
 constexpr int64_t kApplyGrainElems = 32768;
 constexpr int64_t kMaxRowChunks = 64;
+// Small NCS slabs (run_fused_ncs_small_slabs), as the forward's: x and dy of a slab at most
+// kSmallSlabBytes, batches of at most kSmallSlabBatchRows rows (five coefficient arrays: 20 KiB
+// of float) and kSmallSlabBatchBytes of x and dy, so that they stay in L1 between the passes.
+constexpr int64_t kSmallSlabBytes = 8192;
+constexpr int64_t kSmallSlabBatchRows = 1024;
+constexpr int64_t kSmallSlabBatchBytes = 32768;
 
 template <typename T>
 struct Backward {
@@ -203,9 +209,42 @@ struct Backward {
     });
   }
 
+  // NCS slabs of one chunk per row whose x and dy take at most kSmallSlabBytes: batches of
+  // consecutive slabs take one sums call and one grad_input call (the per-slab calls would cost
+  // more than the arithmetic), with the same sums and coefficients as run_fused_ncs.
+  void run_fused_ncs_small_slabs() const {
+    const int64_t G = sh.groups, rows = D(), len = D() * sh.S;
+    const int64_t most = std::max<int64_t>(
+        1, std::min(kSmallSlabBatchRows / rows, kSmallSlabBatchBytes / (2 * len * static_cast<int64_t>(sizeof(T)))));
+    at::parallel_for(0, sh.N * G, cpu::grain_for(2 * len), [&](int64_t begin, int64_t end) {
+      const cpu::StreamingStoresFence fence{stream};
+      const int64_t batch = std::min(most, end - begin), ld = batch * rows;
+      std::vector<acc_t> coeffs(5 * ld);
+      for (int64_t b0 = begin, n = begin / G, g = begin % G; b0 < end; b0 += batch) {
+        const int64_t slabs = std::min(batch, end - b0), first = b0 * len;  // NCS: slab ng starts at ng * D * S
+        cpu::loop_grad_sums_slabs(dy + first, x + first, slabs, rows, sh.S, mean + b0, sum_dy + b0 * rows,
+                                  sum_dy_xc + b0 * rows);
+        for (int64_t i = 0; i < slabs; ++i) {
+          group_coefficients(n, g, coeffs.data(), ld, i * rows);
+          if (++g == G) {
+            g = 0;
+            ++n;
+          }
+        }
+        cpu::loop_grad_input_runs(dy + first, x + first, dx + first, slabs * rows, sh.S, coeffs.data(),
+                                  coeffs.data() + ld, coeffs.data() + 2 * ld, coeffs.data() + 3 * ld,
+                                  coeffs.data() + 4 * ld, stream);
+      }
+    });
+  }
+
   void run_fused_ncs() const {
     const ChunkPlan p = plan();
     const int64_t K = p.num_chunks, G = sh.groups, C = sh.C;
+    if (K == 1 && 2 * D() * sh.S * static_cast<int64_t>(sizeof(T)) <= kSmallSlabBytes) {
+      run_fused_ncs_small_slabs();
+      return;
+    }
     at::parallel_for(0, sh.N * G, cpu::grain_for(2 * D() * sh.S), [&](int64_t begin, int64_t end) {
       const cpu::StreamingStoresFence fence{stream};
       std::vector<acc_t> coeffs(5 * D());

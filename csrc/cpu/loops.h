@@ -65,6 +65,10 @@ using reduce_t = double;
      sum_dy[r], sum_dy_xc[r]: the same values as a call per run */                           \
   void loop_grad_sums_runs(const T* dy, const T* x, int64_t runs, int64_t len, reduce_t mean,  \
                            reduce_t* sum_dy, reduce_t* sum_dy_xc);                           \
+  /* loop_grad_sums_runs of `slabs` consecutive slabs of `runs` runs each, slab s with       \
+     mean[s], into sum_dy[s * runs + r]: the NCS sums of many small slabs in one call */    \
+  void loop_grad_sums_slabs(const T* dy, const T* x, int64_t slabs, int64_t runs, int64_t len, \
+                            const opmath_t<T>* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc);  \
   /* per-channel sums over rows: sum_dy[c] = sum of dy[r, c], sum_dy_xc[c] = sum of           \
      dy * (x - mean[c]) */                                                                   \
   void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C,                 \

@@ -309,6 +309,16 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
       grad_sums_impl(dy, x, len, mean, sum_dy + r, sum_dy_xc + r);                             \
     }                                                                                          \
   }                                                                                            \
+  GN_CLONES void loop_grad_sums_slabs(const T* dy, const T* x, int64_t slabs, int64_t runs,    \
+                                      int64_t len, const opmath_t<T>* mean, reduce_t* sum_dy,  \
+                                      reduce_t* sum_dy_xc) {                                   \
+    for (int64_t s = 0, i = 0; s < slabs; ++s) {                                               \
+      const reduce_t m = mean[s];                                                              \
+      for (int64_t r = 0; r < runs; ++r, ++i, dy += len, x += len) {                           \
+        grad_sums_impl(dy, x, len, m, sum_dy + i, sum_dy_xc + i);                              \
+      }                                                                                        \
+    }                                                                                          \
+  }                                                                                            \
   GN_CLONES void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C,        \
                                      const reduce_t* mean, reduce_t* sum_dy,                   \
                                      reduce_t* sum_dy_xc, bool prefetch) {                     \
