@@ -100,6 +100,8 @@ def small_cases() -> list[Case]:
         _cases("small", [(2, 32, 8, 8)], 8, ["fp32"], ["contig", "cl"])
         + _cases("small", [(1, 64, 4, 4)], 32, ["fp32"], ["contig"])
         + _cases("small", [(2, 32, 16)], 8, ["fp32"], ["contig"])
+        # G = C (a group per channel, as InstanceNorm): many slabs of one small channel each
+        + _cases("small", [(8, 64, 8, 8)], 64, ["fp32"], ["contig", "cl"])
     )
 
 
