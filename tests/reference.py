@@ -6,6 +6,9 @@ independent of both the extension and torch's own group_norm kernels.
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -224,3 +227,20 @@ def torch_group_norm(*args, bias: bool = True, **kwargs) -> torch.nn.GroupNorm:
     if m.affine and not bias:
         m.bias = None
     return m
+
+
+def run_saving_child(script: str, path, **env) -> object:
+    """Runs `script` (python -c, argument: `path`) in a child process with OMP_NUM_THREADS=2 and the
+    given environment variables set (None: removed), asserts that it succeeded, and returns what it
+    saved at `path` with torch.save. For settings read once per process (the env switches of the CPU
+    loops): each mode gets its own process over the same inputs."""
+    child_env = dict(os.environ, OMP_NUM_THREADS="2")
+    for name, value in env.items():
+        if value is None:
+            child_env.pop(name, None)
+        else:
+            child_env[name] = value
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                         env=child_env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return torch.load(path)

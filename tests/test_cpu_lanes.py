@@ -6,15 +6,12 @@ GROUPNORM_EXT_CPU_LANES=narrow forces the halves on this machine; it is read onc
 mode runs in a child over the same inputs. The cases reach every branch of the moments: the 32-element
 loop and the tail, constant chunks, huge values (the double passes), a tiny spread, Inf / NaN,
 float32, bfloat16 and float16, several chunks per group and more than one group per sample."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
-from reference import forward_tol, ref_group_norm
+from reference import forward_tol, ref_group_norm, run_saving_child
 
 CASES_SCRIPT = textwrap.dedent(
     """
@@ -66,14 +63,7 @@ CASES_SCRIPT = textwrap.dedent(
 
 
 def run_cases(lanes, path):
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    env.pop("GROUPNORM_EXT_CPU_LANES", None)
-    if lanes is not None:
-        env["GROUPNORM_EXT_CPU_LANES"] = lanes
-    out = subprocess.run([sys.executable, "-c", CASES_SCRIPT, str(path)], capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return torch.load(path)
+    return run_saving_child(CASES_SCRIPT, path, GROUPNORM_EXT_CPU_LANES=lanes)
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,12 @@ and written with non-temporal stores. Only the stores differ, so every output mu
 the plain path writes. GROUPNORM_EXT_STREAMING_STORES is read once per process, so each mode runs in a
 child process over the same inputs: =1 streams every output (any size, so the small cases below reach the
 aligned head, the 4 KiB pieces, the tails and rows split across pieces), =0 never does."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
-from reference import forward_tol, ref_grads, ref_group_norm, tol
+from reference import forward_tol, ref_grads, ref_group_norm, run_saving_child, tol
 
 CASES_SCRIPT = textwrap.dedent(
     """
@@ -57,11 +54,7 @@ CASES_SCRIPT = textwrap.dedent(
 
 
 def run_cases(mode, path):
-    env = dict(os.environ, GROUPNORM_EXT_STREAMING_STORES=mode, OMP_NUM_THREADS="2")
-    out = subprocess.run([sys.executable, "-c", CASES_SCRIPT, str(path)], capture_output=True, text=True,
-                         env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return torch.load(path)
+    return run_saving_child(CASES_SCRIPT, path, GROUPNORM_EXT_STREAMING_STORES=mode)
 
 
 @pytest.fixture(scope="module")
