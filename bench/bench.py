@@ -33,6 +33,13 @@ EPS = 1e-5
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 # Correctness guard: max |ours - torch| / max |torch| per output, per input dtype. Loose on purpose:
 # it catches a wrong kernel (errors of order 1), not last-bit differences in reduction order.
+# torch's op for each fused activation of groupnorm_ext (the "fused" set's baseline).
+TORCH_ACTIVATIONS = {
+    "silu": F.silu,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+}
 TOLERANCE = {"fp64": 1e-6, "fp32": 1e-3, "fp16": 5e-3, "bf16": 4e-2}
 # Fraction of all CPU time used by other processes (sampled for 0.5 s before and after the run) above
 # which the run warns that its timings are skewed.
@@ -221,12 +228,16 @@ def run_case(case, ext, timer, policy, args, copy_gbps) -> list[dict]:
     its own: compiling starts worker processes and its compiled calls disturb the calls around
     them (between the eager ones they made a small CPU fwd+bwd of ours and of torch ~2.4x slower)."""
     impls = {"ours": ext.group_norm, "torch": F.group_norm}
+    if case.activation != "identity":  # ours fused, torch's unfused composition
+        act = case.activation
+        impls = {"ours": lambda x, g, w, b, eps: ext.group_norm(x, g, w, b, eps, act),
+                 "torch": lambda x, g, w, b, eps: TORCH_ACTIVATIONS[act](F.group_norm(x, g, w, b, eps))}
     x, weight, bias, grad_out = make_inputs(case, args.device)
     checks = check_case(case, impls["ours"], impls["torch"], x, weight, bias, grad_out)
     samples = time_case(case, impls, timer, policy, x, weight, bias, grad_out)
     if args.compile:
         torch._dynamo.reset()  # a fresh cache per case: otherwise the recompile limit falls back to eager
-        compiled = torch.compile(F.group_norm, dynamic=False)
+        compiled = torch.compile(impls["torch"], dynamic=False)
         try:  # compile both passes now: a machine without a working C++ compiler fails here
             xr = x.detach().requires_grad_()
             torch.autograd.grad(compiled(xr, case.groups, weight, bias, EPS), xr, grad_out)
@@ -240,7 +251,7 @@ def run_case(case, ext, timer, policy, args, copy_gbps) -> list[dict]:
         gbps = moved_bytes(case, pass_) / med["ours"] / 1e9
         rows.append({
             "key": case.key, "set": case.set, "shape": case.shape_str, "groups": case.groups,
-            "dtype": case.dtype, "layout": case.layout, "pass": pass_,
+            "dtype": case.dtype, "layout": case.layout_str, "pass": pass_,
             "ours_s": med["ours"], "torch_s": med["torch"], "compile_s": med.get("compile"),
             "bytes": moved_bytes(case, pass_), "gbps": gbps, "roofline": gbps / copy_gbps,
             "check": checks[pass_], "samples": {name: samples[(name, pass_)] for name in impls},

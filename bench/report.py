@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-SETS = ("small", "medium", "large", "seed")
+SETS = ("small", "medium", "large", "seed", "fused")
 
 
 def _ms(seconds) -> str:
@@ -55,6 +55,8 @@ def markdown_report(meta: dict, rows: list[dict], with_compile: bool) -> str:
         f"- timing: {meta['timing']}",
         "- ours = `groupnorm_ext.group_norm`, torch = `torch.nn.functional.group_norm` (eager), "
         "affine weight/bias in the input dtype; speed-up = torch / ours",
+        "- layout `+silu` (the fused set): ours with `activation=\"silu\"` against torch's "
+        "`F.silu(F.group_norm(x))` (compile: torch.compile of that composition)",
         "- fwd+bwd = forward + `torch.autograd.grad(out, (x, weight, bias), fixed grad_out)`",
         "- GB/s = bytes that must move / ours time (fwd: read x + write y; fwd+bwd: that + read x, "
         "read dy, write dx); % roofline = GB/s / copy bandwidth (over 100% means the case fits in cache)",

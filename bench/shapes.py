@@ -7,6 +7,8 @@ Sets, in the order they run:
           (n, group) slab must be split across threads / blocks to use the machine.
   seed    the shape that motivated the extension, (32, 64, 128, 128, 128) G=4, scaled down in N (CUDA) or
           in N and spatial size (CPU) so that x, y, dy, dx and the autograd buffers fit in memory.
+  fused   GroupNorm + SiLU (diffusion UNets): ours with activation="silu" against torch's
+          F.silu(F.group_norm(x)) (and torch.compile of that composition).
 """
 from __future__ import annotations
 
@@ -39,16 +41,23 @@ class Case:
     groups: int
     dtype: str
     layout: str
+    activation: str = "identity"  # fused after the normalization (groupnorm_ext's activation names)
 
     @property
     def key(self) -> str:
         """Stable identity of a case across runs (used by --compare)."""
-        return f"{self.shape_str}|G{self.groups}|{self.dtype}|{self.layout}"
+        act = "" if self.activation == "identity" else f"|{self.activation}"
+        return f"{self.shape_str}|G{self.groups}|{self.dtype}|{self.layout}{act}"
+
+    @property
+    def layout_str(self) -> str:
+        """The layout column of the tables: 'cl', or 'cl+silu' with a fused activation."""
+        return self.layout if self.activation == "identity" else f"{self.layout}+{self.activation}"
 
     @property
     def label(self) -> str:
         """What progress lines print and --filter matches, e.g. 'large 2x32x64x64x64 G8 bf16 cl3d'."""
-        return f"{self.set} {self.shape_str} G{self.groups} {self.dtype} {self.layout}"
+        return f"{self.set} {self.shape_str} G{self.groups} {self.dtype} {self.layout_str}"
 
     @property
     def shape_str(self) -> str:
@@ -71,7 +80,7 @@ class Case:
         return LAYOUTS[self.layout]
 
 
-def _cases(set_name, shapes, groups, dtypes, layouts):
+def _cases(set_name, shapes, groups, dtypes, layouts, activation="identity"):
     """Cartesian product, dropping layouts that do not exist for the rank (cl needs 4-D, cl3d 5-D)."""
     out = []
     for shape in shapes:
@@ -81,7 +90,7 @@ def _cases(set_name, shapes, groups, dtypes, layouts):
                     continue
                 if layout == "cl3d" and len(shape) != 5:
                     continue
-                out.append(Case(set_name, tuple(shape), groups, dtype, layout))
+                out.append(Case(set_name, tuple(shape), groups, dtype, layout, activation))
     return out
 
 
@@ -157,7 +166,16 @@ def seed_cases(device: str) -> list[Case]:
     return _cases("seed", [seed_shape(device)], SEED_GROUPS, dtypes, ["contig", "cl3d"])
 
 
+def fused_cases(device: str) -> list[Case]:
+    # GroupNorm + SiLU at a UNet level and on a 3-D volume.
+    if device == "cpu":
+        return (_cases("fused", [(2, 320, 64, 64)], 32, ["fp32"], ["contig", "cl"], "silu")
+                + _cases("fused", [(2, 32, 64, 64, 64)], 8, ["bf16"], ["contig"], "silu"))
+    return (_cases("fused", [(2, 320, 64, 64)], 32, ["fp16"], ["contig", "cl"], "silu")
+            + _cases("fused", [(16, 320, 64, 64)], 32, ["fp32"], ["contig"], "silu"))
+
+
 def all_cases(device: str, quick: bool) -> list[Case]:
     if quick:
         return quick_cases()
-    return small_cases() + medium_cases(device) + large_cases(device) + seed_cases(device)
+    return small_cases() + medium_cases(device) + large_cases(device) + seed_cases(device) + fused_cases(device)

@@ -12,9 +12,10 @@
 namespace groupnorm_ext {
 
 Activation parse_activation(const char* op, std::string_view name) {
-  if (name == "identity") return Activation::Identity;
-  TORCH_CHECK(false, op, ": unknown activation '", std::string(name),
-              "'; supported activations: 'identity' (or None in Python)");
+  const std::optional<Activation> act = activation_from_name(name);
+  TORCH_CHECK(act.has_value(), op, ": unknown activation '", std::string(name),
+              "'; supported activations: 'identity' (or None in Python), 'silu', 'relu', 'gelu', 'gelu_tanh'");
+  return *act;
 }
 
 at::ScalarType stats_dtype(at::ScalarType input_dtype) {

@@ -28,6 +28,15 @@ def _empty_like_layout(input: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
+# The op's activation names (csrc/activation.h); functional.SUPPORTED_ACTIVATIONS is this tuple.
+ACTIVATIONS = ("identity", "silu", "relu", "gelu", "gelu_tanh")
+
+
+def _check_activation(op, activation):
+    torch._check(activation in ACTIVATIONS, lambda: (
+        f"{op}: unknown activation '{activation}'; supported activations: 'identity' (or None in Python), "
+        "'silu', 'relu', 'gelu', 'gelu_tanh'"))
+
 # torch's group_norm rejects C == 0 and a spatial size of 0 from 2.14 on (csrc/common.cpp follows
 # the torch it is built against, and so do these checks).
 _REJECTS_EMPTY_CHANNELS_OR_SPATIAL = torch.torch_version.TorchVersion(torch.__version__) >= (2, 14)
@@ -82,12 +91,14 @@ def _check_like_input(name, t, input, shape=None):
 @torch.library.register_fake(f"{_LIB}::group_norm")
 def _group_norm_fake(input, num_groups, weight=None, bias=None, eps=1e-5, activation="identity"):
     _check(input, num_groups, weight, bias)
+    _check_activation("group_norm", activation)
     return _empty_like_layout(input, input.dtype)
 
 
 @torch.library.register_fake(f"{_LIB}::group_norm_forward")
 def _group_norm_forward_fake(input, num_groups, weight, bias, eps, activation):
     _check(input, num_groups, weight, bias)
+    _check_activation("group_norm_forward", activation)
     out = _empty_like_layout(input, input.dtype)
     stats = _stats_dtype(input.dtype)
     mean = input.new_empty((input.shape[0], num_groups), dtype=stats)
@@ -99,6 +110,7 @@ def _group_norm_forward_fake(input, num_groups, weight, bias, eps, activation):
 def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, bias, num_groups, activation,
                               output_mask):
     _check(input, num_groups, weight, bias)
+    _check_activation("group_norm_backward", activation)
     _check_like_input("grad_out", grad_out, input)
     torch._check(grad_out.shape == input.shape, lambda: "group_norm_backward: grad_out must have the input's shape")
     _check_like_input("mean", mean, input, (input.shape[0], num_groups))

@@ -7,9 +7,11 @@ import torch
 from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from . import _C
+from . import _C, _fake
 
-SUPPORTED_ACTIVATIONS = ("identity",)
+# The fused activations (the op's `activation` string): torch.nn.functional's names, with
+# "gelu_tanh" for F.gelu(approximate="tanh").
+SUPPORTED_ACTIVATIONS = _fake.ACTIVATIONS
 
 # torch.jit.trace records the sizes the checks below read as tensors and warns when one becomes a
 # bool; the trace keeps the check's outcome as a constant, which is right for a shape check. The
@@ -31,7 +33,10 @@ def group_norm(
     (biased) variance taken over each group of ``C // num_groups`` channels.
 
     Same arguments, in the same order, as :func:`torch.nn.functional.group_norm`, plus
-    ``activation`` (``None`` or ``"identity"``). Differentiable; scriptable.
+    ``activation``: ``None`` (or ``"identity"``), ``"silu"``, ``"relu"``, ``"gelu"`` or
+    ``"gelu_tanh"``, the same values as ``F.silu``, ``F.relu``, ``F.gelu`` and
+    ``F.gelu(approximate="tanh")`` applied to the normalized output, computed before it is
+    rounded to the input's dtype. Differentiable (double backward included); scriptable.
     """
     if not torch.jit.is_scripting():
         # Tensor-likes (torch.fx proxies, tensor subclasses, __torch_function__ modes) take
@@ -62,13 +67,26 @@ def group_norm(
             # export (Dynamo traces this function; export's tensors are fakes) and
             # torch.jit.trace take the paths below.
             return _C._group_norm(input, num_groups, weight, bias, eps, act)
-        if act == "identity" and torch.onnx.is_in_onnx_export():
+        if act in SUPPORTED_ACTIVATIONS and torch.onnx.is_in_onnx_export():
             # An ONNX graph cannot hold this library's kernels: both ONNX exporters get torch's
-            # group_norm, which they translate (GroupNormalization or its decomposition), so a
-            # model with ours exports as it does with nn.GroupNorm. (1.3 us to ask, hence only
-            # on the tracing paths.)
-            return torch.nn.functional.group_norm(input, num_groups, weight, bias, eps)
+            # group_norm (and activation), which they translate (GroupNormalization or its
+            # decomposition), so a model with ours exports as it does with nn.GroupNorm. (1.3 us
+            # to ask, hence only on the tracing paths.)
+            return _torch_activation(torch.nn.functional.group_norm(input, num_groups, weight, bias, eps), act)
     return torch.ops.groupnorm_ext.group_norm(input, num_groups, weight, bias, eps, act)
+
+
+def _torch_activation(y: Tensor, activation: str) -> Tensor:
+    """torch.nn.functional's op for a fused activation's name."""
+    if activation == "silu":
+        return torch.nn.functional.silu(y)
+    if activation == "relu":
+        return torch.nn.functional.relu(y)
+    if activation == "gelu":
+        return torch.nn.functional.gelu(y)
+    if activation == "gelu_tanh":
+        return torch.nn.functional.gelu(y, approximate="tanh")
+    return y
 
 
 def _check_more_than_one_value_per_group(shape: List[int], num_groups: int) -> None:

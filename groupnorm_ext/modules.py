@@ -4,7 +4,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from .functional import group_norm
+from .functional import SUPPORTED_ACTIVATIONS, group_norm
 
 
 def _init_takes_bias(cls) -> bool:
@@ -26,8 +26,10 @@ class GroupNorm(nn.GroupNorm):
     keeps the weight and drops the bias, as there), attributes, parameter initialisation, repr and
     state_dict keys, so an ``nn.GroupNorm`` state_dict loads
     unchanged and code that recognises norms with ``isinstance(m, nn.GroupNorm)`` (weight
-    initialisation, weight-decay groups) treats it as one. ``activation`` (``None`` or
-    ``"identity"``) names an activation fused after the affine transform.
+    initialisation, weight-decay groups) treats it as one. ``activation`` names an activation
+    fused after the affine transform: ``None`` (or ``"identity"``), ``"silu"``, ``"relu"``,
+    ``"gelu"`` or ``"gelu_tanh"`` (see :func:`groupnorm_ext.group_norm`); ``GroupNorm(32, C,
+    activation="silu")`` computes ``nn.SiLU()(nn.GroupNorm(32, C)(x))`` in one pass.
     """
 
     __constants__ = ["num_groups", "num_channels", "eps", "affine", "activation"]
@@ -51,6 +53,11 @@ class GroupNorm(nn.GroupNorm):
             super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
             if affine and not bias:
                 self.bias = None  # as torch >= 2.13: the weight stays, "bias" a None parameter
+        if activation is not None and not isinstance(activation, str):
+            raise TypeError(f"GroupNorm: activation must be a str or None, not {type(activation).__name__}")
+        if activation is not None and activation not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(f"GroupNorm: unknown activation {activation!r}; supported activations: None, "
+                             + ", ".join(repr(a) for a in SUPPORTED_ACTIVATIONS))
         self.activation = activation
 
     def forward(self, input: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ def test_bad_input_raises(case, kwargs, word):
             call()
 
 
-@pytest.mark.parametrize("activation", ["relu", "silu", "", "Identity"])
+@pytest.mark.parametrize("activation", ["swish", "Relu", "", "Identity"])
 def test_unknown_activation_raises(activation):
     x = x6()
     for call in call_all_entry_points(x, 3, W6, B6, activation):
@@ -61,8 +61,8 @@ def test_unknown_activation_raises(activation):
 
 def test_unknown_activation_in_module():
     x = x6()
-    with pytest.raises((RuntimeError, ValueError), match="activation"):
-        groupnorm_ext.GroupNorm(3, 6, activation="relu")(x)
+    with pytest.raises(ValueError, match="activation"):
+        groupnorm_ext.GroupNorm(3, 6, activation="swish")(x)
 
 
 @pytest.mark.parametrize("x_dtype,w_dtype", [

@@ -16,7 +16,8 @@ from onnx.reference import ReferenceEvaluator  # noqa: E402
 
 
 class Block(torch.nn.Module):
-    """A diffusion-UNet block: conv, GroupNorm, SiLU, and a GroupNorm without bias through the functional API."""
+    """A diffusion-UNet block: conv, GroupNorm, SiLU, a GroupNorm without bias, one through the functional
+    API and one with the activation fused."""
 
     def __init__(self):
         super().__init__()
@@ -24,10 +25,11 @@ class Block(torch.nn.Module):
         self.norm = groupnorm_ext.GroupNorm(4, 16)
         self.norm2 = groupnorm_ext.GroupNorm(8, 16, eps=1e-3, bias=False)
         self.act = torch.nn.SiLU()
+        self.norm_silu = groupnorm_ext.GroupNorm(4, 16, activation="silu")  # exports as GroupNorm + SiLU
 
     def forward(self, x):
         h = self.act(self.norm(self.conv(x)))
-        return self.norm2(h) + groupnorm_ext.group_norm(h, 2)
+        return self.norm2(h) + groupnorm_ext.group_norm(h, 2) + self.norm_silu(h)
 
 
 def _export(model, x, dynamo):

@@ -31,8 +31,9 @@ CASES_SCRIPT = textwrap.dedent(
         ((4, 3, 5), 1, torch.float32, "contiguous"),            # shorter than one 16-byte store
     ]
     fmt = {"channels_last": torch.channels_last, "channels_last_3d": torch.channels_last_3d}
+    activations = ["silu", "relu", "gelu", "gelu_tanh"]
     results = []
-    for shape, groups, dtype, layout in cases:
+    for i, (shape, groups, dtype, layout) in enumerate(cases):
         x = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).to(dtype)
         if layout in fmt:
             x = x.contiguous(memory_format=fmt[layout])
@@ -46,8 +47,13 @@ CASES_SCRIPT = textwrap.dedent(
         base = torch.randn(x.numel() + 1, dtype=torch.float64).to(dtype)
         xv = base[1:].view(shape)
         yv = groupnorm_ext.group_norm(xv, groups, w, b)
+        # A fused activation (its normalize loops stage four lines per round of stores), and the
+        # backward's dL/dz pass.
+        act = activations[i % len(activations)]
+        ya = groupnorm_ext.group_norm(xr, groups, wr, br, 1e-5, act)
+        gxa, = torch.autograd.grad(ya, xr, gy)
         results.append(dict(shape=shape, groups=groups, x=x, w=w, b=b, gy=gy, xv=xv,
-                            y=y.detach(), gx=gx, gw=gw, gb=gb, yv=yv))
+                            y=y.detach(), gx=gx, gw=gw, gb=gb, yv=yv, ya=ya.detach(), gxa=gxa))
     torch.save(results, sys.argv[1])
     """
 )
@@ -68,7 +74,7 @@ def test_streamed_outputs_are_bitwise_the_plain_ones(both_modes):
     assert len(streamed) == len(plain)
     for s, p in zip(streamed, plain):
         assert torch.equal(s["x"], p["x"]), "the two processes drew different inputs"
-        for key in ("y", "gx", "gw", "gb", "yv"):
+        for key in ("y", "gx", "gw", "gb", "yv", "ya", "gxa"):
             assert torch.equal(s[key], p[key]), f"{key} differs for {s['shape']} {s['x'].dtype}"
             assert s[key].stride() == p[key].stride()
 

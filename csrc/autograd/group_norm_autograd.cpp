@@ -10,6 +10,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "../activation_aten.h"
 #include "../group_norm.h"
 
 namespace groupnorm_ext {
@@ -43,18 +44,26 @@ BackwardResult call_backward(const Tensor& grad_out, const Tensor& input, const 
 }
 
 // The same gradients as group_norm_backward, from differentiable ops (statistics
-// recomputed from x so that their dependence on x is part of the graph).
-BackwardResult composite_backward(const Tensor& grad_out, const Tensor& input,
-                                  const Tensor& weight, int64_t G, double eps) {
+// recomputed from x so that their dependence on x is part of the graph). A fused activation
+// turns dy into dL/dz = dy * act'(z) first, z = xhat * w + b, by ATen's differentiable
+// backward op of the activation.
+BackwardResult composite_backward(const Tensor& grad_out, const Tensor& input, const Tensor& weight,
+                                  const Tensor& bias, int64_t G, double eps, Activation act) {
   const auto acc_t = stats_dtype(input.scalar_type());
   const int64_t N = input.size(0), C = input.size(1);
   const Tensor x = input.to(acc_t).reshape({N, G, C / G, -1});
-  const Tensor dy = grad_out.to(acc_t).reshape({N, G, C / G, -1});
   const Tensor mean = x.mean(at::IntArrayRef{2, 3}, /*keepdim=*/true);
   const Tensor var = (x - mean).square().mean(at::IntArrayRef{2, 3}, /*keepdim=*/true);
   const Tensor rstd = (var + eps).rsqrt();
   const Tensor xhat = (x - mean) * rstd;
-  const Tensor dxhat = weight.defined() ? dy * weight.to(acc_t).reshape({1, G, C / G, 1}) : dy;
+  const Tensor w = weight.defined() ? weight.to(acc_t).reshape({1, G, C / G, 1}) : Tensor();
+  Tensor dy = grad_out.to(acc_t).reshape({N, G, C / G, -1});
+  if (act != Activation::Identity) {
+    Tensor z = w.defined() ? xhat * w : xhat;
+    if (bias.defined()) z = z + bias.to(acc_t).reshape({1, G, C / G, 1});
+    dy = activation_backward_aten(dy, z, act);
+  }
+  const Tensor dxhat = w.defined() ? dy * w : dy;
   const Tensor grad_input =
       rstd * (dxhat - dxhat.mean(at::IntArrayRef{2, 3}, true) - xhat * (dxhat * xhat).mean(at::IntArrayRef{2, 3}, true));
   return {grad_input.reshape(input.sizes()).to(input.scalar_type()),
@@ -93,10 +102,9 @@ class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     Tensor grad_input, grad_weight, grad_bias;
     if (grad_out.defined()) {
       if (at::GradMode::is_enabled()) {
-        TORCH_CHECK(activation == "identity",
-                    "group_norm: double backward is not implemented for activation '", activation, "'");
         std::tie(grad_input, grad_weight, grad_bias) =
-            composite_backward(grad_out, input, weight, G, ctx->saved_data["eps"].toDouble());
+            composite_backward(grad_out, input, weight, bias, G, ctx->saved_data["eps"].toDouble(),
+                               parse_activation("group_norm", activation));
         if (weight.defined()) grad_weight = grad_weight.to(weight.scalar_type());
         if (bias.defined()) grad_bias = grad_bias.to(bias.scalar_type());
       } else {
@@ -121,8 +129,8 @@ bool has_tangent(const OptionalTensor& t) { return t.has_value() && t->defined()
 // torch.func transforms (grad, vjp, jacrev, jvp, hessian, vmap...) and forward-mode AD cannot go
 // through a C++ autograd::Function: torch raises for the transforms, and the Function has no
 // forward derivative (a dual input's tangent would be dropped). There the op is ATen's
-// group_norm, whose derivatives of every order and mode, and vmap rule, torch implements: the
-// same normalization, to rounding.
+// group_norm, then ATen's op for the activation: derivatives of every order and mode, and vmap
+// rules, that torch implements; the same values, to rounding.
 // (A transform in progress keeps FuncTorchDynamicLayerFrontMode in the thread's included keys.)
 bool needs_aten_derivatives(const Tensor& input, const OptionalTensor& weight, const OptionalTensor& bias) {
   return c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode) ||
@@ -132,9 +140,9 @@ bool needs_aten_derivatives(const Tensor& input, const OptionalTensor& weight, c
 Tensor group_norm_autograd(const Tensor& input, int64_t num_groups, const OptionalTensor& weight,
                            const OptionalTensor& bias, double eps, std::string_view activation) {
   if (needs_aten_derivatives(input, weight, bias)) {
-    TORCH_CHECK(activation == "identity", "group_norm: torch.func transforms and forward-mode AD are not "
-                "implemented for activation '", std::string(activation), "'");
-    return at::group_norm(input, num_groups, weight, bias, eps, /*cudnn_enabled=*/true);
+    // The fused activation as ATen's op after it (checked first, as the kernels would).
+    const Activation act = parse_activation("group_norm", activation);
+    return activation_aten(at::group_norm(input, num_groups, weight, bias, eps, /*cudnn_enabled=*/true), act);
   }
   if (at::GradMode::is_enabled() && (input.requires_grad() || requires_grad(weight) || requires_grad(bias))) {
     return GroupNormFunction::apply(input, num_groups, weight, bias, eps, activation);

@@ -11,6 +11,9 @@
 //
 // Schedules as in the forward: fused (per slab: sums, then dx while the slab is in
 // cache) or split (all chunks in parallel, then an elementwise pass); same bits.
+//
+// With a fused activation y = act(z), everything above holds for z with dL/dz = dy * act'(z)
+// in place of dy: activation_grad.cpp forms it first.
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -19,6 +22,7 @@
 #include <torch/library.h>
 
 #include "../group_norm.h"
+#include "activation_grad.h"
 #include "huge_pages.h"
 #include "loops.h"
 #include "params.h"
@@ -317,8 +321,6 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
                                        std::array<bool, 3> output_mask) {
   const BackwardProblem bp = check_backward("group_norm_backward", grad_out, input, mean, rstd,
                                             weight, bias, num_groups, activation);
-  TORCH_CHECK(bp.fwd.activation == Activation::Identity,
-              "group_norm_backward (CPU): activation not implemented");
   const ForwardProblem& p = bp.fwd;
   const GroupNormShape& sh = p.shape;
   BackwardResult grads;
@@ -330,12 +332,14 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
   // Per-(n, c) sums, then grad_weight / grad_bias reduced over n in order (double). A plain
   // vector: an ATen tensor and its row views cost more than the whole op on small inputs.
   std::vector<reduce_t> sums(2 * sh.N * sh.C);
+  // A fused activation: the identity backward of z on dL/dz (activation_grad.cpp).
+  const Tensor grad_z = p.activation == Activation::Identity ? bp.grad_out : cpu::activation_grad_cpu(bp);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_backward_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
     std::vector<acc_t> weight_values;
     const Backward<scalar_t> bwd{sh,
                                  p.input.const_data_ptr<scalar_t>(),
-                                 bp.grad_out.const_data_ptr<scalar_t>(),
+                                 grad_z.const_data_ptr<scalar_t>(),
                                  bp.mean.const_data_ptr<acc_t>(),
                                  bp.rstd.const_data_ptr<acc_t>(),
                                  cpu::param_values(p.weight, weight_values),

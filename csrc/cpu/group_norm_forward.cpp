@@ -1,6 +1,6 @@
 // CPU forward: statistics by the shared plan (per-chunk partial moments, combined in a
-// fixed tree per (n, group)), then the apply pass y = (x - mean) * rstd * w + b with
-// per-(n, c) coefficients. NCS and NSC inputs are read in place, never converted.
+// fixed tree per (n, group)), then the apply pass y = act((x - mean) * rstd * w + b) with
+// per-(n, c) coefficients and the fused activation (identity by default). NCS and NSC inputs are read in place, never converted.
 //
 // Two schedules, bitwise identical results (same chunk partials, same combine):
 //  - fused: one task per slab (NCS: an (n, group); NSC: a sample n) computes its
@@ -63,6 +63,7 @@ struct Forward {
   acc_t* rstd_out;
   bool stream;    // write y with streaming stores (cpu::streaming_stores_pay)
   bool prefetch;  // prefetch NSC rows in software (cpu::software_prefetch_pays)
+  Activation act;  // fused after the affine transform, in the normalize loops
   // Channels per group, divided out once: a 64-bit division costs 40-90 cycles on
   // Skylake-class cores, more than a small image's whole row.
   const int64_t group_channels = sh.channels_per_group();
@@ -158,11 +159,11 @@ struct Forward {
         i0, i1, sh.S,
         [&](int64_t row, int64_t i, int64_t len) {
           const int64_t j = row - row0;
-          cpu::loop_normalize(x + i, y + i, len, mean_r[j], scale_r[j], bias_r[j], stream);
+          cpu::loop_normalize(x + i, y + i, len, mean_r[j], scale_r[j], bias_r[j], act, stream);
         },
         [&](int64_t row, int64_t i, int64_t rows) {
           const int64_t j = row - row0;
-          cpu::loop_normalize_runs(x + i, y + i, rows, sh.S, mean_r + j, scale_r + j, bias_r + j, stream);
+          cpu::loop_normalize_runs(x + i, y + i, rows, sh.S, mean_r + j, scale_r + j, bias_r + j, act, stream);
         });
   }
 
@@ -226,7 +227,7 @@ struct Forward {
         cpu::for_sample_rows(r0, r1, sh.S, [&](int64_t n, int64_t s0, int64_t s1) {
           const int64_t o = sh.offset(n, 0, s0);
           cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[n * C], &coeffs[(N + n) * C],
-                                   &coeffs[(2 * N + n) * C], stream);
+                                   &coeffs[(2 * N + n) * C], act, stream);
         });
       });
     });
@@ -258,7 +259,7 @@ struct Forward {
           slab_coefficients(b0 + i, g, mean_r + i * D(), scale_r + i * D(), bias_r + i * D());
           if (++g == G) g = 0;
         }
-        cpu::loop_normalize_runs(x + first, y + first, slabs * D(), sh.S, mean_r, scale_r, bias_r, stream);
+        cpu::loop_normalize_runs(x + first, y + first, slabs * D(), sh.S, mean_r, scale_r, bias_r, act, stream);
       }
     });
   }
@@ -303,7 +304,7 @@ struct Forward {
         const int64_t block_rows = std::max<int64_t>(1, kApplyGrainElems / C);
         cpu::for_blocks_reversed(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
           const int64_t o = sh.offset(n, 0, s0);
-          cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[0], &coeffs[C], &coeffs[2 * C], stream);
+          cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[0], &coeffs[C], &coeffs[2 * C], act, stream);
         });
       }
     });
@@ -316,7 +317,6 @@ ForwardResult group_norm_forward_cpu(const Tensor& input, int64_t num_groups,
                                      const OptionalTensor& weight, const OptionalTensor& bias,
                                      double eps, std::string_view activation) {
   const ForwardProblem p = check_forward("group_norm_forward", input, num_groups, weight, bias, activation);
-  TORCH_CHECK(p.activation == Activation::Identity, "group_norm_forward (CPU): activation not implemented");
   Tensor out, mean, rstd;
   std::tie(out, mean, rstd) = allocate_forward_outputs(p, input);
   if (p.shape.N * num_groups == 0) return {out, mean, rstd};
@@ -334,7 +334,8 @@ ForwardResult group_norm_forward_cpu(const Tensor& input, int64_t num_groups,
                                 mean.mutable_data_ptr<acc_t>(),
                                 rstd.mutable_data_ptr<acc_t>(),
                                 cpu::streaming_stores_pay(2 * static_cast<int64_t>(input.nbytes())),
-                                cpu::software_prefetch_pays(static_cast<int64_t>(input.nbytes()))};
+                                cpu::software_prefetch_pays(static_cast<int64_t>(input.nbytes())),
+                                p.activation};
     fwd.run();
   });
   return {out, mean, rstd};

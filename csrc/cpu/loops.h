@@ -10,6 +10,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "../activation.h"
+
 namespace groupnorm_ext {
 namespace cpu {
 
@@ -40,19 +42,32 @@ using reduce_t = double;
   /* loop_moments of `runs` consecutive runs of `len` elements, run r into mean[r], m2[r]:    \
      the same values as a call per run (the NCS statistics of many small slabs) */            \
   void loop_moments_runs(const T* x, int64_t runs, int64_t len, reduce_t* mean, reduce_t* m2); \
-  /* y = (x - mean) * scale + bias, one coefficient set for the run (NCS apply). The        \
+  /* y = act((x - mean) * scale + bias), one coefficient set for the run (NCS apply). The   \
      elementwise loops take `stream`: write the output with streaming stores (see           \
      streaming_stores_pay in schedule.h); the values are the same either way. */            \
   void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean, opmath_t<T> scale,      \
-                      opmath_t<T> bias, bool stream);                                        \
+                      opmath_t<T> bias, Activation act, bool stream);                        \
   /* loop_normalize over `runs` consecutive runs of `len` elements, run r with mean[r],       \
      scale[r], bias[r]: the NCS apply of many short (n, c) rows in one call, same values */  \
   void loop_normalize_runs(const T* x, T* y, int64_t runs, int64_t len, const opmath_t<T>* mean, \
-                           const opmath_t<T>* scale, const opmath_t<T>* bias, bool stream);  \
-  /* NSC apply over `rows` rows of C channels: y[r, c] = (x[r, c] - mean[c]) * scale[c]      \
-     + bias[c] */                                                                            \
+                           const opmath_t<T>* scale, const opmath_t<T>* bias, Activation act, \
+                           bool stream);                                                     \
+  /* NSC apply over `rows` rows of C channels: y[r, c] = act((x[r, c] - mean[c]) * scale[c]  \
+     + bias[c]) */                                                                           \
   void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const opmath_t<T>* mean, \
-                           const opmath_t<T>* scale, const opmath_t<T>* bias, bool stream);  \
+                           const opmath_t<T>* scale, const opmath_t<T>* bias, Activation act, \
+                           bool stream);                                                     \
+  /* The backward's dL/dz of a fused activation (loops_activation.cpp): dz = dy * act'(z),    \
+     z = (x - mean) * scale + bias recomputed as the forward computes it; one coefficient     \
+     set for the run (NCS), per run (NCS rows), per channel (NSC rows). */                    \
+  void loop_activation_grad(const T* dy, const T* x, T* dz, int64_t n, opmath_t<T> mean,     \
+                            opmath_t<T> scale, opmath_t<T> bias, Activation act);            \
+  void loop_activation_grad_runs(const T* dy, const T* x, T* dz, int64_t runs, int64_t len,   \
+                                 const opmath_t<T>* mean, const opmath_t<T>* scale,          \
+                                 const opmath_t<T>* bias, Activation act);                   \
+  void loop_activation_grad_rows(const T* dy, const T* x, T* dz, int64_t rows, int64_t C,     \
+                                 const opmath_t<T>* mean, const opmath_t<T>* scale,          \
+                                 const opmath_t<T>* bias, Activation act);                   \
   /* per-channel sums over `rows` rows of d = x[r, c] - shift[c] (shift[c] a value of the     \
      data, or a mean): sets sum_d[c] = sum of d, sum_d2[c] = sum of d^2. The row loops take  \
      `prefetch`: software-prefetch rows ahead (see software_prefetch_pays in schedule.h) */  \

@@ -145,19 +145,51 @@ GN_INLINE void moments_impl(const T* x, int64_t n, reduce_t* mean_out, reduce_t*
 
 // Centre first, then scale: (x - mean) keeps full precision when |mean| >> std, which a
 // folded x * scale + (bias - mean * scale) loses to cancellation.
-template <typename T, typename acc_t = opmath_t<T>>
+// Then the fused activation, in acc_t (float for half / bfloat16 data) before the one rounding.
+template <Activation act, typename T, typename acc_t = opmath_t<T>>
 GN_INLINE void normalize_impl(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias) {
-  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<T>((load<acc_t>(x + i) - mean) * scale + bias);
+  for (int64_t i = 0; i < n; ++i) {
+    y[i] = static_cast<T>(activation_forward<act>((load<acc_t>(x + i) - mean) * scale + bias));
+  }
 }
 
 // Row loops take many rows per call: NSC rows can be as short as a few channels, where a
 // call per row would cost more than its arithmetic.
-template <typename T, typename acc_t = opmath_t<T>>
+template <Activation act, typename T, typename acc_t = opmath_t<T>>
 GN_INLINE void normalize_rows_impl(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean,
                                    const acc_t* scale, const acc_t* bias) {
   for (int64_t r = 0; r < rows; ++r, x += C, y += C) {
-    for (int64_t i = 0; i < C; ++i) y[i] = static_cast<T>((load<acc_t>(x + i) - mean[i]) * scale[i] + bias[i]);
+    for (int64_t i = 0; i < C; ++i) {
+      y[i] = static_cast<T>(activation_forward<act>((load<acc_t>(x + i) - mean[i]) * scale[i] + bias[i]));
+    }
   }
+}
+
+// Lines computed per round of streaming stores (write_streamed). One for the plain
+// normalization; four with an activation, whose longer loop body GCC compiled poorly for a
+// single 16-float line (2x32x64^3 float32 forward, streamed: relu 14-15 ms with one line,
+// 8.6-10.3 ms with four, identity 7.7-8.9 ms; sixteen no better).
+template <Activation act>
+constexpr int kStreamLines = act == Activation::Identity ? 1 : 4;
+
+// The public normalize loops' bodies for one activation (the clones switch once per call).
+template <Activation act, typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void normalize_run(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias, bool stream) {
+  if (!stream) return normalize_impl<act>(x, y, n, mean, scale, bias);
+  write_streamed<kStreamLines<act>>(y, n, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {
+    normalize_impl<act>(x + b, out, len, mean, scale, bias);
+  });
+}
+
+template <Activation act, typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean, const acc_t* scale,
+                              const acc_t* bias, bool stream) {
+  if (!stream) return normalize_rows_impl<act>(x, y, rows, C, mean, scale, bias);
+  WrappedCoefficients<acc_t, 3> k({mean, scale, bias}, C, kLineBytes / sizeof(T));
+  write_streamed(y, rows * C, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {
+    normalize_rows_impl<act>(x + b, out, 1, len, k.at(0), k.at(1), k.at(2));
+    k.advance(len, C);
+  });
 }
 
 // The per-channel sums live in memory (C can be thousands), so each row costs a load and a
@@ -265,33 +297,27 @@ GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, const redu
     for (int64_t r = 0; r < runs; ++r, x += len) moments_impl(x, len, mean + r, m2 + r);       \
   }                                                                                            \
   GN_CLONES void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean,                 \
-                                opmath_t<T> scale, opmath_t<T> bias, bool stream) {            \
-    if (!stream) return normalize_impl(x, y, n, mean, scale, bias);                            \
-    write_streamed(y, n, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {                \
-      normalize_impl(x + b, out, len, mean, scale, bias);                                      \
+                                opmath_t<T> scale, opmath_t<T> bias, Activation act,           \
+                                bool stream) {                                                 \
+    dispatch_activation(act, [&](auto a) GN_LAMBDA_INLINE {                                    \
+      normalize_run<decltype(a)::value>(x, y, n, mean, scale, bias, stream);                   \
     });                                                                                        \
   }                                                                                            \
   GN_CLONES void loop_normalize_runs(const T* x, T* y, int64_t runs, int64_t len,               \
                                      const opmath_t<T>* mean, const opmath_t<T>* scale,        \
-                                     const opmath_t<T>* bias, bool stream) {                   \
-    for (int64_t r = 0; r < runs; ++r, x += len, y += len) {                                   \
-      if (!stream) {                                                                           \
-        normalize_impl(x, y, len, mean[r], scale[r], bias[r]);                                 \
-        continue;                                                                              \
+                                     const opmath_t<T>* bias, Activation act, bool stream) {   \
+    dispatch_activation(act, [&](auto a) GN_LAMBDA_INLINE {                                    \
+      for (int64_t r = 0; r < runs; ++r) {                                                     \
+        normalize_run<decltype(a)::value>(x + r * len, y + r * len, len, mean[r], scale[r],    \
+                                          bias[r], stream);                                    \
       }                                                                                        \
-      write_streamed(y, len, [&](T* out, int64_t b, int64_t l) GN_LAMBDA_INLINE {              \
-        normalize_impl(x + b, out, l, mean[r], scale[r], bias[r]);                             \
-      });                                                                                      \
-    }                                                                                          \
+    });                                                                                        \
   }                                                                                            \
   GN_CLONES void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C,                \
                                      const opmath_t<T>* mean, const opmath_t<T>* scale,        \
-                                     const opmath_t<T>* bias, bool stream) {                   \
-    if (!stream) return normalize_rows_impl(x, y, rows, C, mean, scale, bias);                 \
-    WrappedCoefficients<opmath_t<T>, 3> k({mean, scale, bias}, C, kLineBytes / sizeof(T));    \
-    write_streamed(y, rows * C, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {         \
-      normalize_rows_impl(x + b, out, 1, len, k.at(0), k.at(1), k.at(2));                      \
-      k.advance(len, C);                                                                       \
+                                     const opmath_t<T>* bias, Activation act, bool stream) {   \
+    dispatch_activation(act, [&](auto a) GN_LAMBDA_INLINE {                                    \
+      normalize_rows<decltype(a)::value>(x, y, rows, C, mean, scale, bias, stream);            \
     });                                                                                        \
   }                                                                                            \
   GN_CLONES void loop_sum_dev_rows(const T* x, int64_t rows, int64_t C, const reduce_t* shift, \

@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../activation_aten.h"
 #include "../group_norm.h"
 #include "backward.h"
 #include "block_reduce.cuh"
@@ -169,11 +170,15 @@ BackwardResult group_norm_backward_cuda(const Tensor& grad_out, const Tensor& in
                                         const OptionalTensor& weight, const OptionalTensor& bias,
                                         int64_t num_groups, std::string_view activation,
                                         std::array<bool, 3> output_mask) {
-  const BackwardProblem bp = check_backward("group_norm_backward", grad_out, input, mean, rstd,
-                                            weight, bias, num_groups, activation);
-  TORCH_CHECK(bp.fwd.activation == Activation::Identity,
-              "group_norm_backward (CUDA): activation not implemented");
+  BackwardProblem bp = check_backward("group_norm_backward", grad_out, input, mean, rstd,
+                                      weight, bias, num_groups, activation);
   const c10::cuda::CUDAGuard device_guard(input.device());
+  if (bp.fwd.activation != Activation::Identity && input.numel() > 0) {
+    // A fused activation: the identity backward of z on dL/dz, which ATen's ops form first
+    // (z recomputed from x and the saved statistics; the CPU path does this in one loop).
+    bp.grad_out = activation_grad_aten(bp.grad_out, bp.fwd.input, bp.mean, bp.rstd, bp.fwd.weight, bp.fwd.bias,
+                                       bp.fwd.activation);
+  }
   const ForwardProblem& p = bp.fwd;
   BackwardResult grads;
   if (!allocate_backward_outputs(p, input, output_mask, grads)) return grads;
