@@ -1,6 +1,6 @@
 // Activations that can be fused after the normalization. The schema carries the
 // activation as a string so that new ones are added without changing any op signature;
-// the CPU loops see it as a template parameter (one switch per loop call).
+// the CPU loops and the CUDA apply pass see it as a template parameter (one switch per call).
 //
 // Formulas are torch's (F.silu, F.relu, F.gelu with approximate "none" / "tanh"), written so
 // that each is accurate in relative terms over the whole range and needs only exp:
@@ -96,7 +96,9 @@ GN_ACTIVATION_FN float exp_acc(float x) { return exp_float(x); }
 GN_ACTIVATION_FN double exp_acc(double x) { return ::exp(x); }
 
 // erfc(a) for a >= 0 with relative error under ~1.2e-7 in exact arithmetic (the Chebyshev
-// fit of Numerical Recipes' erfcc); a few float ulps here. NaN gives NaN.
+// fit of Numerical Recipes' erfcc). In float, the rounding of a * a adds a relative error of
+// about a^2 * 2^-24 through the exponential: a few ulps for a < 2, ~70 ulps at a ~ 8 (gelu
+// of z ~ -12, a value ~ 1e-32). NaN gives NaN.
 template <typename acc_t>
 GN_ACTIVATION_FN acc_t erfc_nonnegative(acc_t a) {
   const acc_t t = acc_t(1) / (acc_t(1) + acc_t(0.5) * a);
@@ -180,6 +182,18 @@ inline std::optional<Activation> activation_from_name(std::string_view name) {
   if (name == "gelu") return Activation::GELU;
   if (name == "gelu_tanh") return Activation::GELUTanh;
   return std::nullopt;
+}
+
+// dL/dz from dL/dy = dy: dy * act'(z), except relu, which selects as torch's threshold_backward
+// does (dy where z > 0, else 0; NaN z passes dy), so that an Inf or NaN dy on the flat side
+// gives 0, not NaN.
+template <Activation act, typename acc_t>
+GN_ACTIVATION_FN acc_t activation_grad(acc_t dy, acc_t z) {
+  if constexpr (act == Activation::ReLU) {
+    return z <= acc_t(0) ? acc_t(0) : dy;
+  } else {
+    return dy * activation_derivative<act>(z);
+  }
 }
 
 // Whether the backward needs z at all (identity: dL/dz == dL/dy).

@@ -1,7 +1,8 @@
 // A fused activation by ATen's own ops, for the paths that have no kernel of their own for it:
-// the CUDA forward and backward (the activation runs as a second elementwise pass there) and
-// the autograd's composite double backward (these ops are differentiable). Header-only, so
-// that the CPU tests call the very code the CUDA path runs (csrc/python/module.cpp).
+// the CUDA backward's dL/dz pass (an elementwise pass before the plain backward kernels), the
+// autograd's composite double backward and the torch.func path (these ops are differentiable).
+// Header-only, so that the CPU tests call the very code the CUDA path runs
+// (csrc/python/module.cpp).
 #pragma once
 
 #include <vector>
@@ -11,17 +12,6 @@
 #include "activation.h"
 
 namespace groupnorm_ext {
-
-// y = act(y), in place.
-inline void apply_activation_aten_(at::Tensor& y, Activation act) {
-  switch (act) {
-    case Activation::SiLU: at::silu_(y); break;
-    case Activation::ReLU: at::relu_(y); break;
-    case Activation::GELU: at::gelu_(y, "none"); break;
-    case Activation::GELUTanh: at::gelu_(y, "tanh"); break;
-    case Activation::Identity: break;
-  }
-}
 
 // act(z), out of place (differentiable in every mode: torch.func transforms, forward AD).
 inline at::Tensor activation_aten(const at::Tensor& z, Activation act) {

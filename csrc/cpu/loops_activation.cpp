@@ -1,4 +1,5 @@
-// The backward's pre-pass for a fused activation (loops.h): dz = dy * act'(z), with z the
+// The backward's pre-pass for a fused activation (loops.h): dz = dy * act'(z) (activation_grad),
+// with z the
 // pre-activation recomputed from x exactly as the forward's normalize loops compute it. The
 // identity-activation backward then runs on dz in place of dy. Clones as in the other
 // loop files: an always-inline template per activation, a target_clones wrapper per dtype.
@@ -18,7 +19,7 @@ GN_INLINE void activation_grad_impl(const T* dy, const T* x, T* dz, int64_t n, a
                                     acc_t bias) {
   for (int64_t i = 0; i < n; ++i) {
     const acc_t z = (load<acc_t>(x + i) - mean) * scale + bias;
-    dz[i] = static_cast<T>(load<acc_t>(dy + i) * activation_derivative<act>(z));
+    dz[i] = static_cast<T>(activation_grad<act>(load<acc_t>(dy + i), z));
   }
 }
 
@@ -28,7 +29,7 @@ GN_INLINE void activation_grad_rows_impl(const T* dy, const T* x, T* dz, int64_t
   for (int64_t r = 0; r < rows; ++r, dy += C, x += C, dz += C) {
     for (int64_t i = 0; i < C; ++i) {
       const acc_t z = (load<acc_t>(x + i) - mean[i]) * scale[i] + bias[i];
-      dz[i] = static_cast<T>(load<acc_t>(dy + i) * activation_derivative<act>(z));
+      dz[i] = static_cast<T>(activation_grad<act>(load<acc_t>(dy + i), z));
     }
   }
 }

@@ -20,6 +20,11 @@ void forward_stats(const ForwardProblem& p, double eps, at::Tensor& mean, at::Te
 void forward_apply(const ForwardProblem& p, const at::Tensor& scale_shift, at::Tensor& out,
                    cudaStream_t stream);
 
+// forward_apply_activation.cu: y = act(x * scale + shift) for a fused activation other than
+// the identity, the same pass with the activation before the rounding.
+void forward_apply_activation(const ForwardProblem& p, const at::Tensor& scale_shift, at::Tensor& out,
+                              cudaStream_t stream);
+
 // forward_fused.cu: the whole forward in one kernel when every slab fits on chip (one
 // block, or a thread-block cluster on sm_90+): x is read once. Returns false, launching
 // nothing, when the problem does not qualify.

@@ -6,7 +6,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../activation_aten.h"
 #include "../group_norm.h"
 #include "forward.h"
 
@@ -21,17 +20,23 @@ ForwardResult group_norm_forward_cuda(const Tensor& input, int64_t num_groups,
   std::tie(out, mean, rstd) = allocate_forward_outputs(p, input);
   if (p.shape.N * num_groups == 0) return {out, mean, rstd};
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  if (!(p.shape.S > 0 && cuda::forward_fused(p, eps, out, mean, rstd, stream))) {
-    // planar: row 0 scale, row 1 shift (N * C each; 16-byte aligned rows when N * C is a
-    // multiple of the vector, which the vector loads of the apply pass need)
-    const int64_t nc = p.shape.N * p.shape.C;
-    Tensor scale_shift = at::empty({2, (nc + 7) / 8 * 8}, mean.options());
-    cuda::forward_stats(p, eps, mean, rstd, scale_shift, stream);
-    if (p.shape.numel() > 0) cuda::forward_apply(p, scale_shift, out, stream);
+  // The single-read kernel has no activation in it: with one, statistics and then the apply
+  // pass with the activation (two reads of x and one write, fewer bytes than the single-read
+  // kernel followed by a separate activation pass).
+  const bool identity = p.activation == Activation::Identity;
+  if (identity && p.shape.S > 0 && cuda::forward_fused(p, eps, out, mean, rstd, stream)) return {out, mean, rstd};
+  // planar: row 0 scale, row 1 shift (N * C each; 16-byte aligned rows when N * C is a
+  // multiple of the vector, which the vector loads of the apply pass need)
+  const int64_t nc = p.shape.N * p.shape.C;
+  Tensor scale_shift = at::empty({2, (nc + 7) / 8 * 8}, mean.options());
+  cuda::forward_stats(p, eps, mean, rstd, scale_shift, stream);
+  if (p.shape.numel() > 0) {
+    if (identity) {
+      cuda::forward_apply(p, scale_shift, out, stream);
+    } else {
+      cuda::forward_apply_activation(p, scale_shift, out, stream);
+    }
   }
-  // A fused activation is not in these kernels yet: ATen's in-place op, a second pass over
-  // the output on the same stream (the CPU loops fuse it).
-  apply_activation_aten_(out, p.activation);
   return {out, mean, rstd};
 }
 

@@ -43,15 +43,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       pybind11::call_guard<pybind11::gil_scoped_release>(),
       "torch.ops.groupnorm_ext.group_norm for eager callers that checked the argument types.");
-  // The ATen form of a fused activation that the CUDA path runs (activation_aten.h), for the
-  // CPU tests to check against the CPU loops.
-  m.def(
-      "_apply_activation_aten_",
-      [](at::Tensor y, const std::string& activation) {
-        groupnorm_ext::apply_activation_aten_(y, activation_named(activation));
-        return y;
-      },
-      "y = act(y) in place, by ATen's op (the CUDA forward's activation pass; tests).");
+  // The ATen form of a fused activation's backward that the CUDA path runs (activation_aten.h),
+  // for the CPU tests to check against the CPU loops.
   m.def(
       "_activation_grad_aten",
       [](const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean, const at::Tensor& rstd,
