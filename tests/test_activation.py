@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import groupnorm_ext
-from reference import (DENSE_LAYOUTS, LOW_PRECISION, assert_memory_format_preserved, forward_tol, layouts_for_rank, make_affine,
-                       make_grad_out, make_input, ref_group_norm, shape_id, tol)
+from reference import (DENSE_LAYOUTS, LOW_PRECISION, assert_memory_format_preserved, forward_tol,
+                       layouts_for_rank, make_affine, make_grad_out, make_input, ref_group_norm, shape_id, tol)
 
 ops = torch.ops.groupnorm_ext
 
@@ -179,8 +179,8 @@ def test_opcheck(activation):
                           (dy, x.detach(), mean, rstd, w.detach(), b.detach(), 4, activation, [True, True, True]))
 
 
-@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
-def test_compile_fullgraph(activation):
+@pytest.mark.parametrize("activation,backend", [("silu", "inductor"), ("gelu_tanh", "aot_eager")])
+def test_compile_fullgraph(activation, backend):
     torch._dynamo.reset()
     x = make_input((2, 8, 6, 6), torch.float32, requires_grad=True)
     w, b = make_affine(8, torch.float32, requires_grad=True)
@@ -188,7 +188,7 @@ def test_compile_fullgraph(activation):
     def f(x, w, b):
         return groupnorm_ext.group_norm(x, 4, w, b, 1e-5, activation) * 2
 
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(f, fullgraph=True, backend=backend)
     y, y_ref = compiled(x, w, b), f(x, w, b)
     torch.testing.assert_close(y, y_ref)
     dy = torch.randn_like(y)

@@ -1,6 +1,7 @@
 // CPU forward: statistics by the shared plan (per-chunk partial moments, combined in a
 // fixed tree per (n, group)), then the apply pass y = act((x - mean) * rstd * w + b) with
-// per-(n, c) coefficients and the fused activation (identity by default). NCS and NSC inputs are read in place, never converted.
+// per-(n, c) coefficients and the fused activation (identity by default). NCS and NSC
+// inputs are read in place, never converted.
 //
 // Two schedules, bitwise identical results (same chunk partials, same combine):
 //  - fused: one task per slab (NCS: an (n, group); NSC: a sample n) computes its
