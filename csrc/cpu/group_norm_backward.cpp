@@ -13,7 +13,8 @@
 // cache) or split (all chunks in parallel, then an elementwise pass); same bits.
 //
 // With a fused activation y = act(z), everything above holds for z with dL/dz = dy * act'(z)
-// in place of dy: activation_grad.cpp forms it first.
+// in place of dy: activation_grad.h forms it, piece by piece just before the sums read it.
+#include <optional>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -57,6 +58,9 @@ struct Backward {
   reduce_t* sum_dy_xc;  // (N, C)
   bool stream;          // write dx with streaming stores (cpu::streaming_stores_pay)
   bool prefetch;        // prefetch NSC rows in software (cpu::software_prefetch_pays)
+  // A fused activation: dy above is dL/dz, which this forms piece by piece just before the
+  // sums read it (every element once: the sums cover the tensor once). Null for identity.
+  const cpu::ActivationGrad<T>* act_grad = nullptr;
 
   // Channels per group, divided out once (see Forward::group_channels).
   const int64_t group_channels = sh.channels_per_group();
@@ -76,6 +80,7 @@ struct Backward {
   void chunk_sums_ncs(const ChunkPlan& p, int64_t nc, acc_t group_mean, int64_t k, reduce_t* s_dy,
                       reduce_t* s_dy_xc) const {
     const int64_t s0 = p.begin(k), off = nc * sh.S + s0;
+    if (act_grad) act_grad->ncs_piece(nc, s0, p.end(k, sh.S));
     cpu::loop_grad_sums(dy + off, x + off, p.end(k, sh.S) - s0, group_mean, s_dy, s_dy_xc);
   }
 
@@ -83,6 +88,7 @@ struct Backward {
   void chunk_sums_nsc(const ChunkPlan& p, int64_t n, int64_t k, const reduce_t* channel_mean, reduce_t* part_dy,
                       reduce_t* part_dy_xc) const {
     const int64_t off = sh.offset(n, 0, p.begin(k));
+    if (act_grad) act_grad->nsc_rows(n, p.begin(k), p.end(k, sh.S));
     cpu::loop_grad_sums_rows(dy + off, x + off, p.end(k, sh.S) - p.begin(k), sh.C, channel_mean, part_dy, part_dy_xc,
                              prefetch);
   }
@@ -226,6 +232,7 @@ struct Backward {
       std::vector<acc_t> coeffs(5 * ld);
       for (int64_t b0 = begin, n = begin / G, g = begin % G; b0 < end; b0 += batch) {
         const int64_t slabs = std::min(batch, end - b0), first = b0 * len;  // NCS: slab ng starts at ng * D * S
+        if (act_grad) act_grad->ncs_rows(b0 * rows, slabs * rows);
         cpu::loop_grad_sums_slabs(dy + first, x + first, slabs, rows, sh.S, mean + b0, sum_dy + b0 * rows,
                                   sum_dy_xc + b0 * rows);
         for (int64_t i = 0; i < slabs; ++i) {
@@ -255,6 +262,7 @@ struct Backward {
       for (int64_t ng = begin, n = begin / G, g = begin % G; ng < end; ++ng) {
         if (K == 1) {  // whole rows, in one call (the same sums as a call per row)
           const int64_t first = sh.offset(n, g * D(), 0);
+          if (act_grad) act_grad->ncs_rows(n * C + g * D(), D());
           cpu::loop_grad_sums_runs(dy + first, x + first, D(), sh.S, mean[ng], sum_dy + n * C + g * D(),
                                    sum_dy_xc + n * C + g * D());
         } else {
@@ -332,11 +340,14 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
   // Per-(n, c) sums, then grad_weight / grad_bias reduced over n in order (double). A plain
   // vector: an ATen tensor and its row views cost more than the whole op on small inputs.
   std::vector<reduce_t> sums(2 * sh.N * sh.C);
-  // A fused activation: the identity backward of z on dL/dz (activation_grad.cpp).
-  const Tensor grad_z = p.activation == Activation::Identity ? bp.grad_out : cpu::activation_grad_cpu(bp);
+  // A fused activation: the identity backward of z on dL/dz (activation_grad.h).
+  const bool fused_activation = p.activation != Activation::Identity;
+  const Tensor grad_z = fused_activation ? cpu::activation_grad_buffer(bp) : bp.grad_out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "group_norm_backward_cpu", [&] {
     using acc_t = opmath_t<scalar_t>;
     std::vector<acc_t> weight_values;
+    std::optional<cpu::ActivationGrad<scalar_t>> act_grad;
+    if (fused_activation) act_grad.emplace(bp, grad_z.data_ptr<scalar_t>());
     const Backward<scalar_t> bwd{sh,
                                  p.input.const_data_ptr<scalar_t>(),
                                  grad_z.const_data_ptr<scalar_t>(),
@@ -347,7 +358,8 @@ BackwardResult group_norm_backward_cpu(const Tensor& grad_out, const Tensor& inp
                                  sums.data(),
                                  sums.data() + sh.N * sh.C,
                                  cpu::streaming_stores_pay(3 * static_cast<int64_t>(input.nbytes())),
-                                 cpu::software_prefetch_pays(2 * static_cast<int64_t>(input.nbytes()))};
+                                 cpu::software_prefetch_pays(2 * static_cast<int64_t>(input.nbytes())),
+                                 act_grad ? &*act_grad : nullptr};
     bwd.run();
   });
   if (grad_weight.defined() || grad_bias.defined()) {
