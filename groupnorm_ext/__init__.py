@@ -12,6 +12,7 @@ import torch  # noqa: F401  (the op library links against libtorch)
 
 from . import _C  # noqa: F401  (loads the op library, which registers the ops)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile / export)
+from . import _vmap  # noqa: F401  (the vmap batching rule)
 from .convert import convert_group_norm
 from .functional import group_norm
 from .modules import GroupNorm
