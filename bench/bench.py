@@ -224,9 +224,14 @@ def moved_bytes(case: shapes.Case, pass_: str) -> int:
 
 
 def run_case(case, ext, timer, policy, args, copy_gbps) -> list[dict]:
-    """Ours and torch eager take turns first; torch.compile is compiled and timed after them, on
-    its own: compiling starts worker processes and its compiled calls disturb the calls around
-    them (between the eager ones they made a small CPU fwd+bwd of ours and of torch ~2.4x slower)."""
+    """Ours and torch eager take turns first; torch.compile is compiled after them and then takes
+    turns with ours again, and "vs compile" compares the two times of that second pairing.
+    Why pairs: each side's calls evict the other's data from the cache, so a side timed on its
+    own keeps a warm cache its rival does not (on this 2-core VM: ours fwd+bwd on 2x320x64x64
+    1.9 ms alone, 3.5 ms with 64 MB written between calls). Why a second pairing rather than one
+    with all three: compiling starts worker processes and the compiled calls disturb the calls
+    around them (between the eager ones they made a small CPU fwd+bwd of ours and of torch ~2.4x
+    slower), which must not leak into the ours-vs-eager numbers."""
     impls = {"ours": ext.group_norm, "torch": F.group_norm}
     if case.activation != "identity":  # ours fused, torch's unfused composition
         act = case.activation
@@ -242,19 +247,25 @@ def run_case(case, ext, timer, policy, args, copy_gbps) -> list[dict]:
             xr = x.detach().requires_grad_()
             torch.autograd.grad(compiled(xr, case.groups, weight, bias, EPS), xr, grad_out)
             impls["compile"] = compiled
-            samples.update(time_case(case, {"compile": compiled}, timer, policy, x, weight, bias, grad_out))
+            pair = time_case(case, {"ours": impls["ours"], "compile": compiled}, timer, policy, x, weight, bias,
+                             grad_out)
+            for pass_ in ("fwd", "fwd+bwd"):
+                samples[("compile", pass_)] = pair[("compile", pass_)]
+                samples[("ours_with_compile", pass_)] = pair[("ours", pass_)]
         except Exception as e:  # noqa: BLE001  (any compile failure: the column shows "-")
             print(f"    torch.compile failed, no compile column for this case: {type(e).__name__}: {e}"[:300])
     rows = []
     for pass_ in ("fwd", "fwd+bwd"):
-        med = {name: timing.median(samples[(name, pass_)]) for name in impls}
+        names = list(impls) + (["ours_with_compile"] if "compile" in impls else [])
+        med = {name: timing.median(samples[(name, pass_)]) for name in names}
         gbps = moved_bytes(case, pass_) / med["ours"] / 1e9
         rows.append({
             "key": case.key, "set": case.set, "shape": case.shape_str, "groups": case.groups,
             "dtype": case.dtype, "layout": case.layout_str, "pass": pass_,
             "ours_s": med["ours"], "torch_s": med["torch"], "compile_s": med.get("compile"),
+            "ours_with_compile_s": med.get("ours_with_compile"),
             "bytes": moved_bytes(case, pass_), "gbps": gbps, "roofline": gbps / copy_gbps,
-            "check": checks[pass_], "samples": {name: samples[(name, pass_)] for name in impls},
+            "check": checks[pass_], "samples": {name: samples[(name, pass_)] for name in names},
         })
     return rows
 
@@ -329,7 +340,8 @@ def main(argv=None) -> int:
         + f" after {policy.warmup} warm-up, "
         + ("ours and torch alternating call by call" if timer.interleave_calls
            else f"ours and torch taking {policy.rounds} turns each")
-        + ("; torch.compile compiled and timed after them, on its own" if args.compile else "")
+        + ("; then torch.compile compiled and timed taking turns with ours again (vs compile = compile ms / "
+           "ours' time in that pairing)" if args.compile else "")
         + ("; CUDA events, 256 MiB written before each call to flush L2" if args.device == "cuda"
            else "; time.perf_counter"),
     }

@@ -36,7 +36,8 @@ def markdown_table(rows: list[dict], with_compile: bool) -> str:
             f"{r['gbps']:.1f}" if r["gbps"] >= 10 else f"{r['gbps']:.2f}", f"{100 * r['roofline']:.0f}%",
         ]
         if with_compile:
-            cells += [_ms(r.get("compile_s")), _ratio(r.get("compile_s"), r["ours_s"])]
+            # against ours' time in the same pairing (bench.run_case); older saved runs lack it
+            cells += [_ms(r.get("compile_s")), _ratio(r.get("compile_s"), r.get("ours_with_compile_s", r["ours_s"]))]
         cells.append(r["check"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
