@@ -1,5 +1,5 @@
-"""The CPU output pool (csrc/cpu/output_pool.h): outputs of 2 MiB and up come from cached huge-page
-mappings that a later call of the same size reuses. A reused buffer still holds the previous tensor's
+"""The CPU output pool (csrc/cpu/output_pool.h): outputs of 128 KiB and up come from cached mappings
+(huge pages from 32 MiB) that a later call of the same size reuses. A reused buffer still holds the previous tensor's
 values, so these tests poison outputs before freeing them and check that every element is rewritten;
 they also check the bounds (no buffer over 256 MiB is kept), empty_cache() and the off switch."""
 import os
@@ -16,7 +16,7 @@ import groupnorm_ext
 from groupnorm_ext import _C
 
 MiB = 2 ** 20
-# 2 * 32 * 64^3 float32 = 64 MiB: well above the pool's 2 MiB threshold
+# 2 * 32 * 64^3 float32 = 64 MiB: well above the pool's 128 KiB threshold
 LARGE = (2, 32, 64, 64, 64)
 
 
@@ -101,9 +101,35 @@ def test_empty_cache_releases_everything():
 
 
 def test_small_outputs_bypass_the_pool():
-    y = groupnorm_ext.group_norm(torch.randn(2, 32, 64, 64), 8)   # 1 MiB
+    y = groupnorm_ext.group_norm(torch.randn(2, 32, 16, 16), 8)   # 64 KiB: under the 128 KiB threshold
     del y
     assert _C._cached_output_bytes() == 0
+
+
+@pytest.mark.parametrize("shape,mapped", [((1, 32, 1024), 128 * 2 ** 10),        # 128 KiB: the threshold
+                                          ((4, 1280, 8, 8), 1280 * 2 ** 10),     # 1.25 MiB: 20 units of 64 KiB
+                                          ((4, 1300, 8, 8), 1344 * 2 ** 10)])    # rounded up to 64 KiB
+def test_outputs_under_2_mib_are_pooled_in_64_kib_units(shape, mapped):
+    """glibc's heap-top trimming re-faulted 1.3 MB outputs on every fwd+bwd call; the pool keeps them,
+    mapped in 64 KiB steps (a 2 MiB unit would waste most of a small buffer)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(shape, generator=g)
+    w, b = torch.randn(shape[1], generator=g), torch.randn(shape[1], generator=g)
+    first = groupnorm_ext.group_norm(x, 4, w, b)
+    expected, ptr = first.clone(), first.data_ptr()
+    first.fill_(float("nan"))
+    del first
+    assert _C._cached_output_bytes() == mapped
+    again = groupnorm_ext.group_norm(x, 4, w, b)
+    assert again.data_ptr() == ptr and torch.equal(again, expected)
+
+
+def test_at_most_256_buffers_are_kept():
+    x = torch.randn(1, 32, 1024)                                      # 128 KiB outputs
+    outs = [groupnorm_ext.group_norm(x, 8) for _ in range(300)]
+    assert len({y.data_ptr() for y in outs}) == 300
+    del outs
+    assert _C._cached_output_bytes() == 256 * 128 * 2 ** 10
 
 
 def test_buffers_over_256_mib_are_not_kept():
@@ -156,7 +182,7 @@ def test_pool_off_switch():
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_medium_outputs_are_pooled_and_rewritten(memory_format):
-    """2 MiB (the threshold) to a few MiB: diffusion-UNet activations."""
+    """2 MiB (the first size in 2 MiB units) to a few MiB: diffusion-UNet activations."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(1, 128, 64, 64, generator=g).contiguous(memory_format=memory_format)   # 2 MiB
     w, b = torch.randn(128, generator=g), torch.randn(128, generator=g)

@@ -1,6 +1,6 @@
-// The output pool (output_pool.h): a c10::Allocator whose buffers are 2 MiB-aligned anonymous
-// mappings (transparent huge pages from 32 MiB), kept on free (within bounds) for a later
-// request of about the same size.
+// The output pool (output_pool.h): a c10::Allocator whose buffers are anonymous mappings
+// (2 MiB-aligned from 2 MiB, transparent huge pages from 32 MiB), kept on free (within
+// bounds) for a later request of about the same size.
 #include "output_pool.h"
 
 #include <cstdlib>
@@ -30,8 +30,20 @@ namespace {
 #define GN_OUTPUT_POOL 1
 
 constexpr size_t kUnit = size_t(2) << 20;  // mapping granularity and alignment: one huge page
+// Below one huge page, mappings come in 64 KiB steps at page alignment (rounding a 200 KiB
+// output up to 2 MiB would waste most of it).
+constexpr size_t kSmallUnit = size_t(64) << 10;
 constexpr size_t kMaxCachedBuffer = size_t(256) << 20;
 constexpr size_t kMaxCachedBytes = size_t(1) << 30;
+// ... and at most this many cached buffers (each allocation scans the list): a network's
+// normalization layers, forward and backward, with room to spare.
+constexpr size_t kMaxCachedBuffers = 256;
+
+// The mapping size for a request: whole huge pages from 2 MiB, 64 KiB steps below.
+size_t mapping_bytes(size_t nbytes) {
+  const size_t unit = nbytes >= kUnit ? kUnit : kSmallUnit;
+  return (nbytes + unit - 1) / unit * unit;
+}
 constexpr size_t kHugePageAdviceMinBytes = size_t(32) << 20;
 
 bool pool_enabled() {
@@ -59,7 +71,7 @@ class OutputPool final : public c10::Allocator {
   c10::DataPtr allocate(size_t nbytes) override {
     const c10::Device cpu(c10::DeviceType::CPU);
     if (nbytes == 0) return {nullptr, nullptr, &free_ptr, cpu};
-    const size_t bytes = (nbytes + kUnit - 1) / kUnit * kUnit;
+    const size_t bytes = mapping_bytes(nbytes);
     Mapping m = take_cached(bytes);
     if (m.ptr == nullptr) {
       m = {map(bytes), bytes};
@@ -123,8 +135,13 @@ class OutputPool final : public c10::Allocator {
   }
 
   // `bytes` at a kUnit-aligned address (mapped one unit larger, both ends trimmed), so that
-  // every 2 MiB of it can be a huge page; null on failure.
+  // every 2 MiB of it can be a huge page; below kUnit, where no huge page fits, wherever mmap
+  // puts it. Null on failure.
   static void* map(size_t bytes) {
+    if (bytes < kUnit) {
+      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      return p == MAP_FAILED ? nullptr : p;
+    }
     const size_t span = bytes + kUnit;
     void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED) return nullptr;
@@ -162,7 +179,7 @@ class OutputPool final : public c10::Allocator {
           pool.cached_bytes_ += m.bytes;
           m.ptr = nullptr;
           size_t drop = 0;
-          while (pool.cached_bytes_ > kMaxCachedBytes) {
+          while (pool.cached_bytes_ > kMaxCachedBytes || pool.cached_->size() - drop > kMaxCachedBuffers) {
             pool.cached_bytes_ -= (*pool.cached_)[drop].bytes;
             evicted.push_back((*pool.cached_)[drop++]);
           }
