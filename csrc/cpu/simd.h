@@ -137,14 +137,20 @@ GN_INLINE vf16 load16f(const float* p) {
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
+// bfloat16 is the upper half of a float: each value goes above a zero half. Written as one
+// shuffle with zeros, which GCC 12 compiles to a single vpermi2w on AVX-512; the widening
+// conversion (zero-extend, then shift) became five instructions, two extracts and inserts
+// around 256-bit halves (a fifth of a bfloat16 forward's statistics loop).
 GN_INLINE vf16 load16f(const c10::BFloat16* p) {
   typedef uint16_t vh16 __attribute__((vector_size(32), aligned(2)));
-  typedef uint32_t vu16 __attribute__((vector_size(64), aligned(4)));
+  typedef uint16_t vh32 __attribute__((vector_size(64), aligned(2)));
   vh16 h;
   __builtin_memcpy(&h, p, sizeof(h));
-  const vu16 bits = __builtin_convertvector(h, vu16) << 16;
+  const vh16 zero = {};
+  const vh32 halves = __builtin_shufflevector(zero, h, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24,
+                                              9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
   vf16 f;
-  __builtin_memcpy(&f, &bits, sizeof(f));
+  __builtin_memcpy(&f, &halves, sizeof(f));
   return f;
 }
 GN_INLINE vf16 load16f(const c10::Half* p) {
