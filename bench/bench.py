@@ -246,12 +246,12 @@ def run_case(case, ext, timer, policy, args, copy_gbps) -> list[dict]:
         try:  # compile both passes now: a machine without a working C++ compiler fails here
             xr = x.detach().requires_grad_()
             torch.autograd.grad(compiled(xr, case.groups, weight, bias, EPS), xr, grad_out)
-            impls["compile"] = compiled
             pair = time_case(case, {"ours": impls["ours"], "compile": compiled}, timer, policy, x, weight, bias,
                              grad_out)
             for pass_ in ("fwd", "fwd+bwd"):
                 samples[("compile", pass_)] = pair[("compile", pass_)]
                 samples[("ours_with_compile", pass_)] = pair[("ours", pass_)]
+            impls["compile"] = compiled  # only once every sample is in: a failure above leaves the column "-"
         except Exception as e:  # noqa: BLE001  (any compile failure: the column shows "-")
             print(f"    torch.compile failed, no compile column for this case: {type(e).__name__}: {e}"[:300])
     rows = []

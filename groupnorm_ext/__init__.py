@@ -34,9 +34,9 @@ def cpu_capability() -> str:
 
 
 def empty_cache() -> int:
-    """Unmaps the large CPU output buffers (2 MiB and up) kept for reuse by later calls of the same size,
-    as torch.cuda.empty_cache does for the GPU; returns the bytes released. The cache holds at most 1 GiB of
-    free buffers; GROUPNORM_EXT_OUTPUT_POOL=0 (set before the first call) turns it off."""
+    """Unmaps the CPU output buffers (128 KiB and up) kept for reuse by later calls of the same size,
+    as torch.cuda.empty_cache does for the GPU; returns the bytes released. The cache holds at most 1 GiB
+    (and 256 buffers) of free buffers; GROUPNORM_EXT_OUTPUT_POOL=0 (set before the first call) turns it off."""
     return _C.empty_cache()
 
 

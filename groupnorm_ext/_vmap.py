@@ -52,6 +52,9 @@ def _group_norm_vmap(info, in_dims, input, num_groups, weight=None, bias=None, e
 
     _check_per_sample(input, x_bdim, num_groups, weight, w_bdim, bias, b_bdim, eps, activation)
     batch = info.batch_size
+    if batch == 0:  # no samples: B * G would be 0 groups, which the op rejects
+        x = input.movedim(x_bdim, 1) if x_bdim is not None else input.unsqueeze(1)[:, :0]
+        return torch.empty_like(x, memory_format=torch.contiguous_format), 1
     if x_bdim is None:
         x = input.unsqueeze(1).expand(input.shape[0], batch, *input.shape[1:])
     else:

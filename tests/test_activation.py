@@ -293,3 +293,33 @@ def test_module_rejects_unknown_activation():
         groupnorm_ext.GroupNorm(4, 8, activation="swish")
     with pytest.raises(TypeError, match="activation"):
         groupnorm_ext.GroupNorm(4, 8, activation=torch.nn.SiLU())
+
+
+# The CPU backward forms dL/dz piece by piece just before its sums read each piece
+# (cpu/activation_grad.h); every schedule cuts the tensor differently, and without grad_input the
+# split schedule runs. Shapes that take each (2 threads; schedule.h, group_norm_backward.cpp):
+SCHEDULE_CASES = [
+    ((4, 8, 8, 8), 4, "contiguous"),       # fused, small slabs batched
+    ((2, 8, 64, 64), 2, "contiguous"),     # fused, whole rows
+    ((2, 4, 128, 130), 2, "contiguous"),   # fused, several chunks per row
+    ((1, 6, 40, 40), 3, "contiguous"),     # split (3 slabs do not balance 2 threads)
+    ((2, 16, 24, 24), 4, "channels_last"),  # fused, per sample
+    ((3, 16, 24, 24), 4, "channels_last"),  # split
+]
+
+
+@pytest.mark.parametrize("mask", [(True, True, True), (False, True, True), (True, False, False)], ids=str)
+@pytest.mark.parametrize("activation", ["silu", "relu"])
+@pytest.mark.parametrize("shape,G,layout", SCHEDULE_CASES, ids=str)
+def test_backward_schedules_and_output_masks(shape, G, layout, activation, mask):
+    x = make_input(shape, torch.float32, layout, seed=90)
+    w, b = make_affine(shape[1], torch.float32, seed=91)
+    dy = make_grad_out(shape, torch.float32, layout, seed=92)
+    _, mean, rstd = ops.group_norm_forward(x, G, w, b, 1e-5, activation)
+    got = ops.group_norm_backward(dy, x, mean, rstd, w, b, G, activation, list(mask))
+    expected = ref_backward(x, G, w, b, dy, activation)
+    for wanted, g, e in zip(mask, got, expected):
+        if not wanted:
+            assert g is None
+            continue
+        torch.testing.assert_close(g.double(), e, **activation_tol(torch.float32, grad=True))

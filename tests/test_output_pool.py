@@ -194,3 +194,25 @@ def test_medium_outputs_are_pooled_and_rewritten(memory_format):
     again = groupnorm_ext.group_norm(x, 32, w, b)
     assert again.data_ptr() == ptr and again.is_contiguous(memory_format=memory_format)
     assert torch.equal(again, expected)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d"])
+def test_fused_activation_backward_on_a_poisoned_pool_buffer(layout):
+    """The backward of a fused activation forms dL/dz in a pooled buffer, piece by piece: with the
+    buffer handed over full of NaN, every element must still be formed before it is read."""
+    x = large_input(layout)
+    w, b = torch.randn(32), torch.randn(32)
+    gy = torch.randn_like(x)
+    ops = torch.ops.groupnorm_ext
+    _, mean, rstd = ops.group_norm_forward(x, 8, w, b, 1e-5, "silu")
+    expected = ops.group_norm_backward(gy, x, mean, rstd, w, b, 8, "silu", [True, True, True])
+    for mask in ([True, True, True], [False, True, True]):
+        groupnorm_ext.empty_cache()
+        # two outputs of x's size back to the pool full of NaN: grad_input takes one, dL/dz the other
+        poison = [groupnorm_ext.group_norm(x, 8) for _ in range(2)]
+        for t in poison:
+            t.fill_(float("nan"))
+        del poison, t
+        got = ops.group_norm_backward(gy, x, mean, rstd, w, b, 8, "silu", mask)
+        for wanted, g, e in zip(mask, got, expected):
+            assert (g is None) if not wanted else torch.isfinite(g).all() and torch.allclose(g, e, rtol=1e-4, atol=1e-3)

@@ -143,3 +143,22 @@ def test_compiled_vmap():
     ws = torch.randn(B, 4)
     compiled = torch.compile(vmap(lambda xi, wi: _ours("silu")(xi, wi, None)), backend="aot_eager", fullgraph=True)
     _close(_no_fallback(compiled, x, ws), torch.stack([_torch("silu")(x[i], ws[i], None) for i in range(B)]), torch.float32)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_per_sample_float32_params_with_low_precision_input(layout):
+    """bfloat16 input with float32 per-sample weight and bias, as outside vmap (both layouts)."""
+    x = _stacked((2, 4, 3, 5), torch.float32, layout, seed=70).to(torch.bfloat16)
+    ws = torch.randn(B, 4)
+    bs = torch.randn(B, 4)
+    got = _no_fallback(vmap(lambda xi, wi, bi: groupnorm_ext.group_norm(xi, G, wi, bi)), x, ws, bs)
+    assert got.dtype == torch.bfloat16
+    expected = torch.stack([F.group_norm(x[i].float(), G, ws[i], bs[i]) for i in range(B)])
+    torch.testing.assert_close(got.float(), expected, atol=3e-2, rtol=2e-2)
+
+
+def test_vmap_over_zero_samples():
+    x = torch.randn(0, 2, 4, 5)
+    ws = torch.randn(0, 4)
+    assert _no_fallback(vmap(lambda xi: groupnorm_ext.group_norm(xi, G)), x).shape == (0, 2, 4, 5)
+    assert _no_fallback(vmap(lambda xi, wi: groupnorm_ext.group_norm(xi, G, wi)), x, ws).shape == (0, 2, 4, 5)

@@ -22,6 +22,9 @@ class ActivationGrad {
  public:
   using acc_t = opmath_t<T>;
   ActivationGrad(const BackwardProblem& bp, T* dz);
+  // mean_, scale_ and bias_ point into coeffs_: a copy would point into the original's.
+  ActivationGrad(const ActivationGrad&) = delete;
+  ActivationGrad& operator=(const ActivationGrad&) = delete;
 
   // NCS: `rows` whole (n, c) rows from row nc.
   void ncs_rows(int64_t nc, int64_t rows) const;

@@ -56,7 +56,7 @@ bool pool_enabled() {
 
 struct Mapping {
   void* ptr;
-  size_t bytes;  // a multiple of kUnit
+  size_t bytes;  // mapping_bytes() of a request: whole 2 MiB units, or 64 KiB units below 2 MiB
 };
 
 // A cached mapping serves a request of `bytes` when it is at least that large and at most a

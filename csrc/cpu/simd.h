@@ -163,34 +163,42 @@ GN_INLINE vf16 load16f(const float* p) {
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
-// bfloat16 is the upper half of a float: each value goes above a zero half. Written as one
-// shuffle with zeros, which GCC 12 compiles to a single vpermi2w on AVX-512; the widening
-// conversion (zero-extend, then shift) became five instructions, two extracts and inserts
-// around 256-bit halves (a fifth of a bfloat16 forward's statistics loop).
-GN_INLINE vf16 load16f(const c10::BFloat16* p) {
-  typedef uint16_t vh16 __attribute__((vector_size(32), aligned(2)));
+typedef uint16_t vh16 __attribute__((vector_size(32), aligned(2)));
+
+// Sixteen 16-bit values as the upper halves of 32-bit lanes (lane bits = h << 16), returned as
+// R (a 16-lane float or uint32 vector). Written as one shuffle with zeros, which GCC 12
+// compiles to a single vpermi2w on AVX-512; the widening conversion (zero-extend, then shift)
+// became five instructions, two extracts and inserts around 256-bit halves (a fifth of a
+// bfloat16 forward's statistics loop). Which half of a lane comes first in memory depends on
+// the byte order.
+template <typename R = vf16>
+GN_INLINE R upper_halves(vh16 h) {
   typedef uint16_t vh32 __attribute__((vector_size(64), aligned(2)));
-  vh16 h;
-  __builtin_memcpy(&h, p, sizeof(h));
   const vh16 zero = {};
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  const vh32 halves = __builtin_shufflevector(h, zero, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24,
+                                              9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+#else
   const vh32 halves = __builtin_shufflevector(zero, h, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24,
                                               9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  vf16 f;
-  __builtin_memcpy(&f, &halves, sizeof(f));
+#endif
+  R r;
+  __builtin_memcpy(&r, &halves, sizeof(r));
+  return r;
+}
+
+// bfloat16 is the upper half of a float.
+GN_INLINE vf16 load16f(const c10::BFloat16* p) {
+  vh16 h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  const vf16 f = upper_halves(h);
   return f;
 }
 GN_INLINE vf16 load16f(const c10::Half* p) {
-  typedef uint16_t vh16 __attribute__((vector_size(32), aligned(2)));
-  typedef uint16_t vh32 __attribute__((vector_size(64), aligned(2)));
   typedef uint32_t vu16 __attribute__((vector_size(64), aligned(4)));
   vh16 h;
   __builtin_memcpy(&h, p, sizeof(h));
-  const vh16 zero = {};
-  const vh32 halves = __builtin_shufflevector(zero, h, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24,
-                                              9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-  vu16 w;
-  __builtin_memcpy(&w, &halves, sizeof(w));
-  return half_bits_to_float<vu16, vf16>(w);
+  return half_bits_to_float<vu16, vf16>(upper_halves<vu16>(h));
 }
 
 // 16 floats widened to two vectors of 8 doubles (exact), through one 16-lane conversion:

@@ -31,8 +31,8 @@ GROUPNORM_EXT_API bool built_with_cuda();
 // Which vectorized clone of the CPU loops runs on this CPU: "avx512", "avx2" or "baseline".
 GROUPNORM_EXT_API const char* cpu_capability();
 
-// Unmaps the large CPU output buffers (2 MiB and up) the library keeps for reuse by later
-// calls of the same size (at most 1 GiB; GROUPNORM_EXT_OUTPUT_POOL=0 keeps none), as
+// Unmaps the CPU output buffers (128 KiB and up) the library keeps for reuse by later calls
+// of the same size (at most 1 GiB and 256 buffers; GROUPNORM_EXT_OUTPUT_POOL=0 keeps none), as
 // torch.cuda.empty_cache does for the GPU. Returns the bytes released.
 GROUPNORM_EXT_API int64_t empty_cache();
 
