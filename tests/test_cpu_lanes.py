@@ -100,3 +100,29 @@ def test_narrow_lanes_match_the_reference(both_lanes, index):
     expected, mean, _ = ref_group_norm(x, r["groups"], w, b, 1e-5)
     torch.testing.assert_close(r["y"].double(), expected, **forward_tol(x.dtype, x, r["groups"], w))
     torch.testing.assert_close(r["mean"].double().view(-1), mean.reshape(-1), rtol=1e-6, atol=1e-6)
+
+
+# Every finite float16 / bfloat16 value, each filling one row of 40 (the 32-element loop and a tail):
+# a constant chunk's mean is its value itself, so the saved means show the loops' 16-bit-to-float
+# conversions (simd.h) value by value, subnormals and -0 included, in both lane widths.
+EVERY_VALUE_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch, groupnorm_ext
+    out = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        values = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype)
+        values = values[torch.isfinite(values)]
+        x = values.view(-1, 1, 1).expand(-1, 1, 40).contiguous()
+        _, mean, _ = torch.ops.groupnorm_ext.group_norm_forward(x, 1, None, None, 1e-5, "identity")
+        out[str(dtype)] = (values, mean)
+    torch.save(out, sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize("lanes", ["narrow", None], ids=["narrow", "default"])
+def test_every_16_bit_value_converts_exactly(tmp_path, lanes):
+    saved = run_saving_child(EVERY_VALUE_SCRIPT, tmp_path / "values.pt", GROUPNORM_EXT_CPU_LANES=lanes)
+    for name, (values, mean) in saved.items():
+        assert values.numel() > 60000, name
+        assert same_bits(mean.view(-1), values.float()), f"{name}: a converted value differs from torch's"

@@ -118,6 +118,9 @@ HUGE = [
     pytest.param(torch.float32, 1e30, id="float32-1e30"),
     pytest.param(torch.bfloat16, 1e30, id="bfloat16-1e30"),
     pytest.param(torch.float32, 1e20, id="float32-1e20"),
+    # near the top of float's range, where a float sum of the group overflows (taken again in double)
+    pytest.param(torch.float32, 1e36, id="float32-1e36"),
+    pytest.param(torch.bfloat16, 1e36, id="bfloat16-1e36"),
     pytest.param(torch.float16, 4e3, id="float16-4e3"),
     pytest.param(torch.float64, 1e30, id="float64-1e30"),
     pytest.param(torch.float64, 1e150, id="float64-1e150"),

@@ -95,9 +95,12 @@ GN_INLINE void moments_float(const T* x, int64_t n, reduce_t* mean_out, reduce_t
     *m2_out = 0;
     return;
   }
-  const reduce_t mean0 = static_cast<reduce_t>(sum) / static_cast<reduce_t>(n);
+  // A float sum past float's range (finite data near its top, e.g. a constant 1e37 over 64
+  // elements) is taken again in double: its inf would make every deviation NaN.
+  const bool finite_sum = std::isfinite(sum);
+  const reduce_t mean0 = (finite_sum ? static_cast<reduce_t>(sum) : sum_impl(x, n)) / static_cast<reduce_t>(n);
   reduce_t sum_d, sum_d2;
-  if (std::isfinite(sum) && magnitude < kFloatSafeMagnitude && vmax_all - vmin_all >= kFloatMinSpread) {
+  if (finite_sum && magnitude < kFloatSafeMagnitude && vmax_all - vmin_all >= kFloatMinSpread) {
     const float mean0f = static_cast<float>(mean0);
     V d0 = {}, d1 = {}, q0 = {}, q1 = {};
     i = 0;
