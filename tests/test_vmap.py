@@ -162,3 +162,17 @@ def test_vmap_over_zero_samples():
     ws = torch.randn(0, 4)
     assert _no_fallback(vmap(lambda xi: groupnorm_ext.group_norm(xi, G)), x).shape == (0, 2, 4, 5)
     assert _no_fallback(vmap(lambda xi, wi: groupnorm_ext.group_norm(xi, G, wi)), x, ws).shape == (0, 2, 4, 5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cuda_vmap(layout):
+    """The rule is device-agnostic: the folded call runs the CUDA kernels."""
+    x = _stacked((2, 8, 6, 5), torch.float32, layout, seed=80).cuda()
+    w, b = (t.cuda() for t in make_affine(8, torch.float32, seed=81))
+    ws = torch.randn(B, 8, device="cuda")
+    got = _no_fallback(vmap(lambda xi: _ours("silu")(xi, w, b)), x)
+    expected = torch.stack([_torch("silu")(x[i].contiguous(), w, b) for i in range(B)])
+    _close(got, expected, torch.float32)
+    got = _no_fallback(vmap(lambda xi, wi: _ours("identity")(xi, wi, None)), x, ws)
+    _close(got, torch.stack([F.group_norm(x[i].contiguous(), G, ws[i]) for i in range(B)]), torch.float32)
