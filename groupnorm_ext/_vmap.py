@@ -50,11 +50,23 @@ def _group_norm_vmap(info, in_dims, input, num_groups, weight=None, bias=None, e
             raise
         return out.unflatten(0, x.shape[:2]), 0
 
-    _check_per_sample(input, x_bdim, num_groups, weight, w_bdim, bias, b_bdim, eps, activation)
     batch = info.batch_size
     if batch == 0:  # no samples: B * G would be 0 groups, which the op rejects
+        _check_per_sample(input, x_bdim, num_groups, weight, w_bdim, bias, b_bdim, eps, activation)
         x = input.movedim(x_bdim, 1) if x_bdim is not None else input.unsqueeze(1)[:, :0]
         return torch.empty_like(x, memory_format=torch.contiguous_format), 1
+    try:
+        return _folded_into_channels(op, batch, input, x_bdim, num_groups, weight, w_bdim, bias, b_bdim, eps,
+                                     activation), 1
+    except (RuntimeError, ValueError, TypeError, NotImplementedError, IndexError):
+        # the one-sample checks (meta tensors) only when something failed: the message should name
+        # one sample's shapes, not the folded ones
+        _check_per_sample(input, x_bdim, num_groups, weight, w_bdim, bias, b_bdim, eps, activation)
+        raise
+
+
+def _folded_into_channels(op, batch, input, x_bdim, num_groups, weight, w_bdim, bias, b_bdim, eps, activation):
+    """Per-sample weight or bias: (N, B, C, *) -> (N, B * C, *) with B * G groups, and back."""
     if x_bdim is None:
         x = input.unsqueeze(1).expand(input.shape[0], batch, *input.shape[1:])
     else:
@@ -69,4 +81,4 @@ def _group_norm_vmap(info, in_dims, input, num_groups, weight=None, bias=None, e
 
     out = op(x.flatten(1, 2), batch * num_groups, per_sample(weight, w_bdim), per_sample(bias, b_bdim), eps,
              activation)
-    return out.unflatten(1, (batch, channels)), 1
+    return out.unflatten(1, (batch, channels))
