@@ -29,7 +29,8 @@ cmake_prefix_path = os.path.join(_ROOT, "share", "cmake")
 
 
 def cpu_capability() -> str:
-    """Which vectorized clone of the CPU loops this CPU runs (avx512, avx2 or baseline)."""
+    """Which vectorized clone of the CPU loops this CPU runs (avx512, avx2 or baseline), and how the float16
+    loops convert (F16C instructions, or integer arithmetic where the CPU lacks x86-64-v3)."""
     return _C.cpu_capability()
 
 

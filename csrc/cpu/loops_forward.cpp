@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "../plan.h"
+#include "loops_half.h"
 #include "loops.h"
 #include "simd.h"
 
@@ -176,8 +178,54 @@ template <Activation act>
 constexpr int kStreamLines = act == Activation::Identity ? 1 : 4;
 
 // The public normalize loops' bodies for one activation (the clones switch once per call).
+// float16 with a fused activation on F16C (loops_half.h): each piece of x converted into an L1
+// buffer, normalized there by the float loop, converted out.
+template <Activation act>
+GN_INLINE void normalize_run_staged(const c10::Half* x, c10::Half* y, int64_t n, float mean, float scale, float bias,
+                                    bool stream) {
+  alignas(64) float in[kHalfStageElems], out[kHalfStageElems];
+  for (int64_t b = 0; b < n; b += kHalfStageElems) {
+    const int64_t len = std::min(kHalfStageElems, n - b);
+    half_to_float_f16c(x + b, in, len);
+    normalize_impl<act>(in, out, len, mean, scale, bias);
+    float_to_half_f16c(out, y + b, len, stream);
+  }
+}
+
+// The same over rows of C channels: whole rows per piece, or pieces of one row when a row is
+// longer than a piece.
+template <Activation act>
+GN_INLINE void normalize_rows_staged(const c10::Half* x, c10::Half* y, int64_t rows, int64_t C, const float* mean,
+                                     const float* scale, const float* bias, bool stream) {
+  alignas(64) float in[kHalfStageElems], out[kHalfStageElems];
+  if (C <= kHalfStageElems) {
+    const int64_t rows_per_piece = kHalfStageElems / C;
+    for (int64_t r = 0; r < rows; r += rows_per_piece) {
+      const int64_t piece_rows = std::min(rows_per_piece, rows - r), o = r * C;
+      half_to_float_f16c(x + o, in, piece_rows * C);
+      normalize_rows_impl<act>(in, out, piece_rows, C, mean, scale, bias);
+      float_to_half_f16c(out, y + o, piece_rows * C, stream);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < C; c += kHalfStageElems) {
+      const int64_t len = std::min(kHalfStageElems, C - c), o = r * C + c;
+      half_to_float_f16c(x + o, in, len);
+      normalize_rows_impl<act>(in, out, 1, len, mean + c, scale + c, bias + c);
+      float_to_half_f16c(out, y + o, len, stream);
+    }
+  }
+}
+
 template <Activation act, typename T, typename acc_t = opmath_t<T>>
 GN_INLINE void normalize_run(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias, bool stream) {
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    if (f16c_loops()) {
+      if constexpr (act == Activation::Identity) return normalize_runs_f16c(x, y, 1, n, &mean, &scale, &bias, stream);
+      return normalize_run_staged<act>(x, y, n, mean, scale, bias, stream);
+    }
+  }
   if (!stream) return normalize_impl<act>(x, y, n, mean, scale, bias);
   write_streamed<kStreamLines<act>>(y, n, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {
     normalize_impl<act>(x + b, out, len, mean, scale, bias);
@@ -187,6 +235,12 @@ GN_INLINE void normalize_run(const T* x, T* y, int64_t n, acc_t mean, acc_t scal
 template <Activation act, typename T, typename acc_t = opmath_t<T>>
 GN_INLINE void normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean, const acc_t* scale,
                               const acc_t* bias, bool stream) {
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    if (f16c_loops()) {
+      if constexpr (act == Activation::Identity) return normalize_rows_f16c(x, y, rows, C, mean, scale, bias, stream);
+      return normalize_rows_staged<act>(x, y, rows, C, mean, scale, bias, stream);
+    }
+  }
   if (!stream) return normalize_rows_impl<act>(x, y, rows, C, mean, scale, bias);
   WrappedCoefficients<acc_t, 3> k({mean, scale, bias}, C, kLineBytes / sizeof(T));
   write_streamed(y, rows * C, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {
@@ -277,7 +331,11 @@ template <typename T>
 GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, const reduce_t* shift, reduce_t* sum_d,
                                  reduce_t* sum_d2, bool prefetch) {
   if constexpr (!std::is_same_v<T, double>) {
-    sum_dev_rows_as<float>(x, rows, C, shift, sum_d, sum_d2, prefetch);
+    bool done = false;
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      if ((done = f16c_loops())) sum_dev_rows_f16c(x, rows, C, shift, sum_d, sum_d2, prefetch);
+    }
+    if (!done) sum_dev_rows_as<float>(x, rows, C, shift, sum_d, sum_d2, prefetch);
     const reduce_t floor = kFloatMinSquareMean * static_cast<reduce_t>(rows);
     if (float_sums_trusted(sum_d, sum_d2, C, floor)) return;
   }
@@ -340,7 +398,8 @@ void fence_streaming_stores() {
 #endif
 }
 
-const char* loops_isa() {
+namespace {
+const char* clone_isa() {
   // Which lanes the contiguous moments use (simd.h, wide_vectors) is said where it is not the
   // clone's own width.
   const bool wide = wide_vectors();
@@ -353,6 +412,12 @@ const char* loops_isa() {
   if (__builtin_cpu_supports("x86-64-v3")) return "avx2 (x86-64-v3 clone)";
 #endif
   return wide ? "baseline" : "baseline (8-lane moments)";
+}
+}  // namespace
+
+const char* loops_isa() {
+  static const std::string isa = std::string(clone_isa()) + "; float16 " + f16c_loops_isa();
+  return isa.c_str();
 }
 
 }  // namespace cpu

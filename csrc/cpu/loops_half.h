@@ -1,0 +1,57 @@
+// float16 loops on the F16C conversions (vcvtph2ps / vcvtps2ph), for the CPUs that have them.
+//
+// GCC 12 cannot vectorize float16 conversions in the target_clones loops (a _Float16 cast stays
+// one scalar vcvtph2ps per element, and the intrinsics cannot be inlined into the baseline
+// clone), so those loops emulate them with integer arithmetic (simd.h, c10's formulas): a
+// channels_last float16 forward ran at 0.45x torch's F16C kernels, over half of it in the
+// rounding float -> float16 on the way out. The functions here are compiled for x86-64-v3
+// (AVX2, FMA, F16C; 8 lanes) and x86-64-v4 (AVX-512; 16 lanes) in target regions
+// (loops_half.cpp) and called from the clones when the CPU has one of those levels; the rest of
+// the library never runs their instructions.
+//
+// Same bits as the emulating loops: the conversions are exact one way and round to nearest even
+// the other, as c10's (NaNs keep their payload), and the arithmetic in between is the clones'
+// float arithmetic, operation for operation in the same order (tests/test_cpu_lanes.py compares
+// the two with GROUPNORM_EXT_CPU_F16C=off).
+#pragma once
+
+#include <cstdint>
+
+#include <c10/util/Half.h>
+
+#include "loops.h"
+
+namespace groupnorm_ext {
+namespace cpu {
+
+// Whether the float16 loops take the functions below: the CPU is x86-64-v3 or better and
+// GROUPNORM_EXT_CPU_F16C is not "off" (read once; "v3" takes the 8-lane copy on any such CPU).
+bool f16c_loops();
+// Which copy runs ("F16C (x86-64-v4 copy)", "F16C (x86-64-v3 copy)" or "emulated"), for
+// cpu_capability().
+const char* f16c_loops_isa();
+
+// dst[i] = float(src[i]), i < n.
+void half_to_float_f16c(const c10::Half* src, float* dst, int64_t n);
+// dst[i] = float16(src[i]) rounded to nearest even, i < n; with `stream`, the aligned 16-byte
+// pieces of dst go out as streaming stores (fenced by the caller, as in the other loops).
+void float_to_half_f16c(const float* src, c10::Half* dst, int64_t n, bool stream);
+
+// Elements per staged piece for the loops that convert into an L1 buffer, run the clones' float
+// code there and convert back (the fused activations): two float buffers of this size.
+constexpr int64_t kHalfStageElems = 2048;
+
+// The identity normalize passes, conversions fused into the loop: loop_normalize_runs (one
+// coefficient set per run of len) and loop_normalize_rows (per-channel coefficients).
+void normalize_runs_f16c(const c10::Half* x, c10::Half* y, int64_t runs, int64_t len, const float* mean,
+                         const float* scale, const float* bias, bool stream);
+void normalize_rows_f16c(const c10::Half* x, c10::Half* y, int64_t rows, int64_t C, const float* mean,
+                         const float* scale, const float* bias, bool stream);
+
+// loop_sum_dev_rows's float pass (loops_forward.cpp, sum_dev_rows_as<float>): the same
+// per-channel sums in the same order (column blocks for few rows, else four rows at a time).
+void sum_dev_rows_f16c(const c10::Half* x, int64_t rows, int64_t C, const reduce_t* shift, reduce_t* sum_d,
+                       reduce_t* sum_d2, bool prefetch);
+
+}  // namespace cpu
+}  // namespace groupnorm_ext

@@ -1,0 +1,107 @@
+"""The float16 loops on F16C (csrc/cpu/loops_half.cpp): on an x86-64-v3 or -v4 CPU the float16 forward
+converts with vcvtph2ps / vcvtps2ph instead of the integer emulation of the target_clones loops. The
+conversions are exact one way and round to nearest even the other, and the arithmetic in between is the
+clones' float arithmetic, so every output must be bitwise the emulation's: each mode runs in a child
+(GROUPNORM_EXT_CPU_F16C and GROUPNORM_EXT_STREAMING_STORES are read once per process) over the same inputs.
+The float16 output must also be the float32 path's output on the same values, rounded by torch: the
+statistics are formed from the same floats, so only the final rounding differs. Outputs are pushed into
+float16's subnormals and past its largest value to reach every branch of the rounding."""
+import textwrap
+
+import pytest
+import torch
+
+from reference import run_saving_child
+
+CASES_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch, groupnorm_ext
+    torch.manual_seed(0)
+    cases = [
+        # shape, groups, layout, output scale: channels not a multiple of 8 or 16 (vector tails),
+        # rows <= 64 with C >= 64 (the column-block statistics) and many rows (four-row order),
+        # rows longer than a staged piece (2048 elements) for the fused activations, 3-D volumes.
+        ((2, 40, 6, 7), 4, "channels_last", 1.0),
+        ((3, 13, 5, 3), 1, "channels_last", 1.0),
+        ((2, 96, 4, 4), 8, "channels_last", 1.0),
+        ((2, 80, 17, 19), 8, "channels_last", 1.0),
+        ((1, 2100, 3, 3), 21, "channels_last", 1.0),
+        ((2, 24, 5, 6, 7), 4, "channels_last_3d", 1.0),
+        ((2, 24, 37, 5), 4, "contiguous", 1.0),
+        ((3, 6, 2500), 3, "contiguous", 1.0),
+        ((2, 48, 9, 9), 8, "channels_last", 3e-6),     # outputs among float16's subnormals
+        ((2, 48, 9, 9), 8, "channels_last", 3e4),      # and past 65504 (inf)
+        ((2, 48, 9, 9), 8, "contiguous", 3e-6),
+        ((2, 48, 9, 9), 8, "contiguous", 3e4),
+        ((1, 64, 256, 256), 32, "channels_last", 1.0),  # 8 MiB: the default streams its output
+        ((1, 64, 256, 256), 32, "contiguous", 1.0),
+    ]
+    fmt = {"channels_last": torch.channels_last, "channels_last_3d": torch.channels_last_3d}
+    results = []
+    for shape, groups, layout, scale in cases:
+        x = (torch.randn(shape, dtype=torch.float64) * 2 + 0.5).to(torch.float16)
+        if layout in fmt:
+            x = x.contiguous(memory_format=fmt[layout])
+        w = (torch.randn(shape[1], dtype=torch.float64) * scale).to(torch.float16)
+        b = (torch.randn(shape[1], dtype=torch.float64) * scale).to(torch.float16)
+        for act in ("identity", "silu", "gelu"):
+            y, mean, rstd = torch.ops.groupnorm_ext.group_norm_forward(x, groups, w, b, 1e-5, act)
+            y32, mean32, rstd32 = torch.ops.groupnorm_ext.group_norm_forward(x.float(), groups, w.float(), b.float(),
+                                                                           1e-5, act)
+            results.append(dict(case=(shape, groups, layout, scale, act), y=y, mean=mean, rstd=rstd,
+                                y32=y32.to(torch.float16), mean32=mean32, rstd32=rstd32,
+                                layout_kept=y.stride() == x.stride()))
+    torch.save(dict(isa=groupnorm_ext.cpu_capability(), results=results), sys.argv[1])
+    """
+)
+
+MODES = {
+    "emulated": dict(GROUPNORM_EXT_CPU_F16C="off", GROUPNORM_EXT_STREAMING_STORES="0"),
+    "emulated_streamed": dict(GROUPNORM_EXT_CPU_F16C="off", GROUPNORM_EXT_STREAMING_STORES="1"),
+    "v3_streamed": dict(GROUPNORM_EXT_CPU_F16C="v3", GROUPNORM_EXT_STREAMING_STORES="1"),
+    "v3": dict(GROUPNORM_EXT_CPU_F16C="v3", GROUPNORM_EXT_STREAMING_STORES="0"),
+    "default": dict(GROUPNORM_EXT_CPU_F16C=None, GROUPNORM_EXT_STREAMING_STORES=None),
+    "default_streamed": dict(GROUPNORM_EXT_CPU_F16C=None, GROUPNORM_EXT_STREAMING_STORES="1"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("f16c")
+    return {name: run_saving_child(CASES_SCRIPT, d / f"{name}.pt", **env) for name, env in MODES.items()}
+
+
+def same_bits(a, b):
+    return a.shape == b.shape and a.stride() == b.stride() and torch.equal(
+        a.contiguous().view(-1).view(torch.int16 if a.dtype == torch.float16 else torch.uint8),
+        b.contiguous().view(-1).view(torch.int16 if b.dtype == torch.float16 else torch.uint8))
+
+
+def test_the_modes_ran_the_paths_they_name(runs):
+    assert "float16 emulated" in runs["emulated"]["isa"], runs["emulated"]["isa"]
+    default = runs["default"]["isa"]
+    if "x86-64-v3" not in default and "x86-64-v4" not in default:
+        pytest.skip(f"this CPU has no x86-64-v3 level: {default}")
+    assert "float16 F16C" in default, default
+    assert "float16 F16C (x86-64-v3 copy)" in runs["v3"]["isa"], runs["v3"]["isa"]
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "emulated"])
+def test_every_mode_gives_the_emulations_bits(runs, mode):
+    base, other = runs["emulated"]["results"], runs[mode]["results"]
+    assert len(base) == len(other) == 14 * 3
+    for e, o in zip(base, other):
+        for key in ("y", "mean", "rstd"):
+            assert same_bits(e[key], o[key]), f"{key} differs in {mode} for {e['case']}"
+
+
+@pytest.mark.parametrize("mode", ["emulated", "default"])
+def test_float16_is_the_float32_path_rounded(runs, mode):
+    for r in runs[mode]["results"]:
+        assert r["layout_kept"], r["case"]
+        assert torch.equal(r["mean"], r["mean32"]) and torch.equal(r["rstd"], r["rstd32"]), r["case"]
+        assert same_bits(r["y"], r["y32"]), f"y differs from float32's rounded for {r['case']}"
+    scales = {r["case"][3]: r["y"] for r in runs[mode]["results"] if r["case"][4] == "identity"}
+    tiny, huge = scales[3e-6], scales[3e4]
+    assert ((tiny != 0) & (tiny.abs() < 6.1e-5)).any(), "no subnormal output: the case lost its point"
+    assert torch.isinf(huge).any() and torch.isfinite(huge).any(), "no overflow to inf: the case lost its point"
