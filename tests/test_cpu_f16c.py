@@ -1,10 +1,11 @@
-"""The float16 loops on F16C (csrc/cpu/loops_half.cpp): on an x86-64-v3 or -v4 CPU the float16 forward
-converts with vcvtph2ps / vcvtps2ph instead of the integer emulation of the target_clones loops. The
+"""The float16 loops on F16C (csrc/cpu/loops_half.cpp): on an x86-64-v3 or -v4 CPU the float16 forward and
+backward convert with vcvtph2ps / vcvtps2ph instead of the integer emulation of the target_clones loops. The
 conversions are exact one way and round to nearest even the other, and the arithmetic in between is the
-clones' float arithmetic, so every output must be bitwise the emulation's: each mode runs in a child
-(GROUPNORM_EXT_CPU_F16C and GROUPNORM_EXT_STREAMING_STORES are read once per process) over the same inputs.
-The float16 output must also be the float32 path's output on the same values, rounded by torch: the
-statistics are formed from the same floats, so only the final rounding differs. Outputs are pushed into
+clones' float arithmetic, so every forward output must be bitwise the emulation's (the backward: see
+below): each mode runs in a child (GROUPNORM_EXT_CPU_F16C and GROUPNORM_EXT_STREAMING_STORES are read once
+per process) over the same inputs.
+The float16 output (and grad_input) must also be the float32 path's on the same values, rounded by torch:
+the statistics and gradient sums are formed from the same floats, so only the final rounding differs. Outputs are pushed into
 float16's subnormals and past its largest value to reach every branch of the rounding."""
 import textwrap
 
@@ -48,9 +49,15 @@ CASES_SCRIPT = textwrap.dedent(
             y, mean, rstd = torch.ops.groupnorm_ext.group_norm_forward(x, groups, w, b, 1e-5, act)
             y32, mean32, rstd32 = torch.ops.groupnorm_ext.group_norm_forward(x.float(), groups, w.float(), b.float(),
                                                                            1e-5, act)
-            results.append(dict(case=(shape, groups, layout, scale, act), y=y, mean=mean, rstd=rstd,
-                                y32=y32.to(torch.float16), mean32=mean32, rstd32=rstd32,
-                                layout_kept=y.stride() == x.stride()))
+            dy = (torch.randn(shape, dtype=torch.float64) * scale).to(torch.float16).contiguous(
+                memory_format=fmt.get(layout, torch.contiguous_format))
+            gx, gw, gb = torch.ops.groupnorm_ext.group_norm_backward(dy, x, mean, rstd, w, b, groups, act,
+                                                                     [True, True, True])
+            gx32, _, _ = torch.ops.groupnorm_ext.group_norm_backward(dy.float(), x.float(), mean32, rstd32, w.float(),
+                                                                     b.float(), groups, act, [True, False, False])
+            results.append(dict(case=(shape, groups, layout, scale, act), y=y, mean=mean, rstd=rstd, gx=gx, gw=gw,
+                                gb=gb, y32=y32.to(torch.float16), mean32=mean32, rstd32=rstd32,
+                                gx32=gx32.to(torch.float16), layout_kept=y.stride() == x.stride() == gx.stride()))
     torch.save(dict(isa=groupnorm_ext.cpu_capability(), results=results), sys.argv[1])
     """
 )
@@ -87,12 +94,34 @@ def test_the_modes_ran_the_paths_they_name(runs):
 
 
 @pytest.mark.parametrize("mode", [m for m in MODES if m != "emulated"])
-def test_every_mode_gives_the_emulations_bits(runs, mode):
+def test_the_forward_gives_the_emulations_bits_in_every_mode(runs, mode):
     base, other = runs["emulated"]["results"], runs[mode]["results"]
     assert len(base) == len(other) == 14 * 3
     for e, o in zip(base, other):
         for key in ("y", "mean", "rstd"):
             assert same_bits(e[key], o[key]), f"{key} differs in {mode} for {e['case']}"
+
+
+@pytest.mark.parametrize("mode", ["v3_streamed", "default", "default_streamed"])
+def test_the_f16c_copies_give_the_same_backward(runs, mode):
+    for a, o in zip(runs["v3"]["results"], runs[mode]["results"]):
+        for key in ("gx", "gw", "gb"):
+            assert same_bits(a[key], o[key]), f"{key} differs between v3 and {mode} for {a['case']}"
+
+
+# The backward's gradient sums may differ from the emulation's in their last bits: GCC contracts the
+# emulating clones' scalar tails (channels past the last whole vector) into fused multiply-adds in
+# another order than their vector bodies, while the F16C loops contract as the float32 loops do (the
+# test below). grad_input then differs by at most one float16 rounding step, rarely.
+@pytest.mark.parametrize("mode", ["v3", "default"])
+def test_the_backward_is_close_to_the_emulation(runs, mode):
+    for e, o in zip(runs["emulated"]["results"], runs[mode]["results"]):
+        for key in ("gx", "gw", "gb"):
+            a, b = e[key].double(), o[key].double()
+            assert torch.equal(torch.isfinite(a), torch.isfinite(b)), (key, e["case"])
+            finite = torch.isfinite(a)
+            step = torch.maximum(a.abs(), b.abs())[finite] * 2.0**-10 + 2.0**-24  # one float16 ulp
+            assert ((a - b).abs()[finite] <= step).all(), f"{key} off by more than a float16 ulp for {e['case']}"
 
 
 @pytest.mark.parametrize("mode", ["emulated", "default"])
@@ -101,6 +130,12 @@ def test_float16_is_the_float32_path_rounded(runs, mode):
         assert r["layout_kept"], r["case"]
         assert torch.equal(r["mean"], r["mean32"]) and torch.equal(r["rstd"], r["rstd32"]), r["case"]
         assert same_bits(r["y"], r["y32"]), f"y differs from float32's rounded for {r['case']}"
+        # The channels-last gradient sums and grad_input of the F16C loops are the float32 loops' on the
+        # same values (the contiguous sums of 16-bit data have loops of their own); with an activation,
+        # dz is rounded to float16 in between.
+        if mode == "default" and "F16C" in runs[mode]["isa"] and r["case"][2] != "contiguous" \
+                and r["case"][4] == "identity":
+            assert same_bits(r["gx"], r["gx32"]), f"grad_input differs from float32's rounded for {r['case']}"
     scales = {r["case"][3]: r["y"] for r in runs[mode]["results"] if r["case"][4] == "identity"}
     tiny, huge = scales[3e-6], scales[3e4]
     assert ((tiny != 0) & (tiny.abs() < 6.1e-5)).any(), "no subnormal output: the case lost its point"

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "loops.h"
+#include "loops_half.h"
 #include "simd.h"
 
 namespace groupnorm_ext {
@@ -261,7 +262,11 @@ template <typename T>
 GN_INLINE void grad_sums_rows_impl(const T* dy, const T* x, int64_t rows, int64_t C, const reduce_t* mean,
                                    reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch) {
   if constexpr (!std::is_same_v<T, double>) {
-    grad_sums_rows_as<float>(dy, x, rows, C, mean, sum_dy, sum_dy_xc, prefetch);
+    bool done = false;
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      if ((done = f16c_loops())) grad_sums_rows_f16c(dy, x, rows, C, mean, sum_dy, sum_dy_xc, prefetch);
+    }
+    if (!done) grad_sums_rows_as<float>(dy, x, rows, C, mean, sum_dy, sum_dy_xc, prefetch);
     if (float_sums_trusted(sum_dy, sum_dy_xc, C, kFloatSumFloor)) {
       for (int64_t i = 0; i < C; ++i) {
         sum_dy_xc[i] -= (mean[i] - static_cast<reduce_t>(static_cast<float>(mean[i]))) * sum_dy[i];
@@ -296,6 +301,32 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
   }
 }
 
+// float16 on F16C (loops_half.h) where the CPU has it: true when done there.
+template <typename T, typename acc_t>
+GN_INLINE bool grad_input_runs_on_f16c(const T* dy, const T* x, T* dx, int64_t runs, int64_t len, const acc_t* a,
+                                       const acc_t* mean, const acc_t* rstd, const acc_t* kxhat, const acc_t* kc,
+                                       bool stream) {
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    if (f16c_loops()) {
+      grad_input_runs_f16c(dy, x, dx, runs, len, a, mean, rstd, kxhat, kc, stream);
+      return true;
+    }
+  }
+  return false;
+}
+template <typename T, typename acc_t>
+GN_INLINE bool grad_input_rows_on_f16c(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, const acc_t* a,
+                                       const acc_t* mean, const acc_t* rstd, const acc_t* kxhat, const acc_t* kc,
+                                       bool stream) {
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    if (f16c_loops()) {
+      grad_input_rows_f16c(dy, x, dx, rows, C, a, mean, rstd, kxhat, kc, stream);
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 #define GN_DEFINE_BACKWARD_LOOPS(T)                                                            \
@@ -327,6 +358,7 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
   GN_CLONES void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,     \
                                  opmath_t<T> mean, opmath_t<T> rstd, opmath_t<T> kxhat,        \
                                  opmath_t<T> kc, bool stream) {                                \
+    if (grad_input_runs_on_f16c(dy, x, dx, 1, n, &a, &mean, &rstd, &kxhat, &kc, stream)) return; \
     if (!stream) return grad_input_impl(dy, x, dx, n, a, mean, rstd, kxhat, kc);               \
     write_streamed(dx, n, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {               \
       grad_input_impl(dy + b, x + b, out, len, a, mean, rstd, kxhat, kc);                      \
@@ -336,6 +368,7 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
                                       const opmath_t<T>* a, const opmath_t<T>* mean,           \
                                       const opmath_t<T>* rstd, const opmath_t<T>* kxhat,       \
                                       const opmath_t<T>* kc, bool stream) {                    \
+    if (grad_input_runs_on_f16c(dy, x, dx, runs, len, a, mean, rstd, kxhat, kc, stream)) return; \
     for (int64_t r = 0; r < runs; ++r, dy += len, x += len, dx += len) {                       \
       if (!stream) {                                                                           \
         grad_input_impl(dy, x, dx, len, a[r], mean[r], rstd[r], kxhat[r], kc[r]);              \
@@ -350,6 +383,7 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
                                       const opmath_t<T>* a, const opmath_t<T>* mean,           \
                                       const opmath_t<T>* rstd, const opmath_t<T>* kxhat,       \
                                       const opmath_t<T>* kc, bool stream) {                    \
+    if (grad_input_rows_on_f16c(dy, x, dx, rows, C, a, mean, rstd, kxhat, kc, stream)) return; \
     if (!stream) return grad_input_rows_impl(dy, x, dx, rows, C, a, mean, rstd, kxhat, kc);    \
     WrappedCoefficients<opmath_t<T>, 5> k({a, mean, rstd, kxhat, kc}, C, kLineBytes / sizeof(T)); \
     write_streamed(dx, rows * C, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {        \

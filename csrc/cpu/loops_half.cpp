@@ -180,6 +180,20 @@ void sum_dev_rows_f16c(const c10::Half* x, int64_t rows, int64_t C, const reduce
                        reduce_t* sum_d2, bool prefetch) {
   GN_F16C_DISPATCH(sum_dev_rows(x, rows, C, shift, sum_d, sum_d2, prefetch))
 }
+void grad_input_runs_f16c(const c10::Half* dy, const c10::Half* x, c10::Half* dx, int64_t runs, int64_t len,
+                          const float* a, const float* mean, const float* rstd, const float* kxhat, const float* kc,
+                          bool stream) {
+  GN_F16C_DISPATCH(grad_input_runs(dy, x, dx, runs, len, a, mean, rstd, kxhat, kc, stream))
+}
+void grad_input_rows_f16c(const c10::Half* dy, const c10::Half* x, c10::Half* dx, int64_t rows, int64_t C,
+                          const float* a, const float* mean, const float* rstd, const float* kxhat, const float* kc,
+                          bool stream) {
+  GN_F16C_DISPATCH(grad_input_rows(dy, x, dx, rows, C, a, mean, rstd, kxhat, kc, stream))
+}
+void grad_sums_rows_f16c(const c10::Half* dy, const c10::Half* x, int64_t rows, int64_t C, const reduce_t* mean,
+                         reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch) {
+  GN_F16C_DISPATCH(grad_sums_rows(dy, x, rows, C, mean, sum_dy, sum_dy_xc, prefetch))
+}
 #undef GN_F16C_DISPATCH
 
 #else  // no F16C loops on this compiler / architecture: f16c_loops() is false, these never run
@@ -195,6 +209,18 @@ void normalize_rows_f16c(const c10::Half*, c10::Half*, int64_t, int64_t, const f
   std::abort();
 }
 void sum_dev_rows_f16c(const c10::Half*, int64_t, int64_t, const reduce_t*, reduce_t*, reduce_t*, bool) {
+  std::abort();
+}
+void grad_input_runs_f16c(const c10::Half*, const c10::Half*, c10::Half*, int64_t, int64_t, const float*,
+                          const float*, const float*, const float*, const float*, bool) {
+  std::abort();
+}
+void grad_input_rows_f16c(const c10::Half*, const c10::Half*, c10::Half*, int64_t, int64_t, const float*,
+                          const float*, const float*, const float*, const float*, bool) {
+  std::abort();
+}
+void grad_sums_rows_f16c(const c10::Half*, const c10::Half*, int64_t, int64_t, const reduce_t*, reduce_t*,
+                         reduce_t*, bool) {
   std::abort();
 }
 

@@ -9,10 +9,12 @@
 // (loops_half.cpp) and called from the clones when the CPU has one of those levels; the rest of
 // the library never runs their instructions.
 //
-// Same bits as the emulating loops: the conversions are exact one way and round to nearest even
-// the other, as c10's (NaNs keep their payload), and the arithmetic in between is the clones'
-// float arithmetic, operation for operation in the same order (tests/test_cpu_lanes.py compares
-// the two with GROUPNORM_EXT_CPU_F16C=off).
+// The conversions are exact one way and round to nearest even the other, as c10's (NaNs keep
+// their payload), and the arithmetic in between is the clones' float arithmetic, operation for
+// operation in the same order: the forward gives the emulating loops' bits, and the backward the
+// float32 loops' on the same values. The emulating clones' backward sums can differ from both in
+// their last bits, where GCC contracts their scalar tails into fused multiply-adds in another
+// order (tests/test_cpu_f16c.py compares the modes with GROUPNORM_EXT_CPU_F16C=off / v3).
 #pragma once
 
 #include <cstdint>
@@ -52,6 +54,17 @@ void normalize_rows_f16c(const c10::Half* x, c10::Half* y, int64_t rows, int64_t
 // per-channel sums in the same order (column blocks for few rows, else four rows at a time).
 void sum_dev_rows_f16c(const c10::Half* x, int64_t rows, int64_t C, const reduce_t* shift, reduce_t* sum_d,
                        reduce_t* sum_d2, bool prefetch);
+
+// The backward's loop_grad_input_runs / loop_grad_input_rows, and loop_grad_sums_rows's float
+// pass (loops_backward.cpp, grad_sums_rows_as<float>), in the same order.
+void grad_input_runs_f16c(const c10::Half* dy, const c10::Half* x, c10::Half* dx, int64_t runs, int64_t len,
+                          const float* a, const float* mean, const float* rstd, const float* kxhat, const float* kc,
+                          bool stream);
+void grad_input_rows_f16c(const c10::Half* dy, const c10::Half* x, c10::Half* dx, int64_t rows, int64_t C,
+                          const float* a, const float* mean, const float* rstd, const float* kxhat, const float* kc,
+                          bool stream);
+void grad_sums_rows_f16c(const c10::Half* dy, const c10::Half* x, int64_t rows, int64_t C, const reduce_t* mean,
+                         reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch);
 
 }  // namespace cpu
 }  // namespace groupnorm_ext

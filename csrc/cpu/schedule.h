@@ -78,7 +78,15 @@ inline bool streaming_stores_pay(int64_t footprint_bytes) {
 // memory. There the four-row loops ran 1.4-2x faster with it (2x32x64^3 float32
 // channels_last_3d forward, with the float deviations of loops_forward.cpp: 9.5-11.8 -> 5.4-6.3
 // ms); on a few MB already near, it cost up to 10% for long rows (C = 640).
+// GROUPNORM_EXT_CPU_PREFETCH=0 / 1 forces it off / on (read once; for measurements and tests).
 inline bool software_prefetch_pays(int64_t bytes) {
+  static const int mode = [] {
+    const char* env = std::getenv("GROUPNORM_EXT_CPU_PREFETCH");
+    if (env == nullptr) return -1;
+    const std::string_view v(env);
+    return v == "0" ? 0 : v == "1" ? 1 : -1;
+  }();
+  if (mode >= 0) return mode == 1;
   return bytes >= 4 * l2_cache_bytes() * std::max<int64_t>(1, at::get_num_threads());
 }
 
