@@ -232,6 +232,19 @@ GN_INLINE void normalize_run(const T* x, T* y, int64_t n, acc_t mean, acc_t scal
   });
 }
 
+// normalize_run over `runs` consecutive runs of len, run r with the r-th coefficients; the
+// float16 identity pass in one F16C call (a call per run cost more than a small slab's run).
+template <Activation act, typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void normalize_runs(const T* x, T* y, int64_t runs, int64_t len, const acc_t* mean, const acc_t* scale,
+                              const acc_t* bias, bool stream) {
+  if constexpr (std::is_same_v<T, c10::Half> && act == Activation::Identity) {
+    if (f16c_loops()) return normalize_runs_f16c(x, y, runs, len, mean, scale, bias, stream);
+  }
+  for (int64_t r = 0; r < runs; ++r) {
+    normalize_run<act>(x + r * len, y + r * len, len, mean[r], scale[r], bias[r], stream);
+  }
+}
+
 template <Activation act, typename T, typename acc_t = opmath_t<T>>
 GN_INLINE void normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean, const acc_t* scale,
                               const acc_t* bias, bool stream) {
@@ -368,10 +381,7 @@ GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, const redu
                                      const opmath_t<T>* mean, const opmath_t<T>* scale,        \
                                      const opmath_t<T>* bias, Activation act, bool stream) {   \
     dispatch_activation(act, [&](auto a) GN_LAMBDA_INLINE {                                    \
-      for (int64_t r = 0; r < runs; ++r) {                                                     \
-        normalize_run<decltype(a)::value>(x + r * len, y + r * len, len, mean[r], scale[r],    \
-                                          bias[r], stream);                                    \
-      }                                                                                        \
+      normalize_runs<decltype(a)::value>(x, y, runs, len, mean, scale, bias, stream);           \
     });                                                                                        \
   }                                                                                            \
   GN_CLONES void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C,                \

@@ -9,10 +9,11 @@
 // (loops_half.cpp) and called from the clones when the CPU has one of those levels; the rest of
 // the library never runs their instructions.
 //
-// The conversions are exact one way and round to nearest even the other, as c10's (NaNs keep
-// their payload), and the arithmetic in between is the clones' float arithmetic, operation for
-// operation in the same order: the forward gives the emulating loops' bits, and the backward the
-// float32 loops' on the same values. The emulating clones' backward sums can differ from both in
+// The conversions are exact one way and round to nearest even the other, as c10's, and the
+// arithmetic in between is the clones' float arithmetic, operation for operation in the same
+// order: the forward gives the emulating loops' bits, and the backward the float32 loops' on
+// the same values. NaNs excepted: vcvtps2ph keeps a NaN's payload where c10's software
+// conversion returns 0x7E00 with the sign (the default NaN and inf - inf agree). The emulating clones' backward sums can differ from both in
 // their last bits, where GCC contracts their scalar tails into fused multiply-adds in another
 // order (tests/test_cpu_f16c.py compares the modes with GROUPNORM_EXT_CPU_F16C=off / v3).
 #pragma once
@@ -35,8 +36,8 @@ const char* f16c_loops_isa();
 
 // dst[i] = float(src[i]), i < n.
 void half_to_float_f16c(const c10::Half* src, float* dst, int64_t n);
-// dst[i] = float16(src[i]) rounded to nearest even, i < n; with `stream`, the aligned 16-byte
-// pieces of dst go out as streaming stores (fenced by the caller, as in the other loops).
+// dst[i] = float16(src[i]) rounded to nearest even, i < n; with `stream`, streaming stores when
+// dst[0, n) is whole 64-byte lines (fenced by the caller, as in the other loops).
 void float_to_half_f16c(const float* src, c10::Half* dst, int64_t n, bool stream);
 
 // Elements per staged piece for the loops that convert into an L1 buffer, run the clones' float

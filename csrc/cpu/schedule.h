@@ -76,8 +76,8 @@ inline int64_t fuse_budget_bytes() {
 // input, which the fused schedules re-read: a 2x32x64^3 float32 forward went from 9.5 to
 // 6.3 ms contiguous, 11.6 to 10.3 ms channels_last_3d (2 cores, 260 MiB L3 shared with other
 // guests; both modes in one process, torch's calls between them). Below the threshold plain
-// stores win, as the output then stays in cache for whatever reads it next. The threshold is
-// 1/8 of the last-level cache (32 MiB of x + y here). With nothing but this op and a consumer
+// stores win, as the output then stays in cache for whatever reads it next. The threshold was
+// 1/8 of the last-level cache (32 MiB of x + y there). With nothing but this op and a consumer
 // of y running, plain stores stayed ahead up to ~96 MiB; but with other work between calls
 // (torch's own group_norm, which writes its output to fresh pages) streaming won at 67 MB,
 // op + a consumer reading y: 1x32x512^2 float32 11.1-11.4 -> 9.2-9.5 ms, 1x8x1024^2 float32
@@ -91,7 +91,7 @@ inline int64_t fuse_budget_bytes() {
 // the cores' domain, and at most kStreamingFootprintCap (the Xeon's 1/8: other guests and
 // other work fill the rest of a large shared L3).
 // GROUPNORM_EXT_STREAMING_STORES=0 never streams, =1 always does (read once).
-constexpr int64_t kStreamingFootprintCap = int64_t(32) << 20;
+inline constexpr int64_t kStreamingFootprintCap = int64_t(32) << 20;
 inline bool streaming_stores_pay(int64_t footprint_bytes) {
   static const int mode = [] {
     const char* env = std::getenv("GROUPNORM_EXT_STREAMING_STORES");
