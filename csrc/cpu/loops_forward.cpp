@@ -141,10 +141,22 @@ GN_INLINE void moments_impl(const T* x, int64_t n, reduce_t* mean_out, reduce_t*
     const Moments<reduce_t> m = moments_from_deviations(static_cast<reduce_t>(n), mean0, sum_d, sum_d2);
     *mean_out = m.mean;
     *m2_out = m.m2;
-  } else if (wide_vectors()) {
-    moments_float<vf16>(x, n, mean_out, m2_out);
   } else {
-    moments_float<vf8x2>(x, n, mean_out, m2_out);
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      // float16 on F16C (loops_half.h): the chunk converted into L1 once, then the float32
+      // moments over it, the same operations on the same floats (the emulated conversion in
+      // both passes took twice bfloat16's time).
+      if (f16c_loops() && n <= kChunkTargetElems) {
+        alignas(64) float staged[kChunkTargetElems];
+        half_to_float_f16c(x, staged, n);
+        return moments_impl(static_cast<const float*>(staged), n, mean_out, m2_out);
+      }
+    }
+    if (wide_vectors()) {
+      moments_float<vf16>(x, n, mean_out, m2_out);
+    } else {
+      moments_float<vf8x2>(x, n, mean_out, m2_out);
+    }
   }
 }
 
