@@ -41,7 +41,8 @@ void half_to_float_f16c(const c10::Half* src, float* dst, int64_t n);
 void float_to_half_f16c(const float* src, c10::Half* dst, int64_t n, bool stream);
 
 // Elements per staged piece for the loops that convert into an L1 buffer, run the clones' float
-// code there and convert back (the fused activations): two float buffers of this size.
+// code there and convert back (the fused activations): two float buffers of this size. The
+// contiguous moments and gradient sums stage a whole chunk (plan.h, kChunkTargetElems).
 constexpr int64_t kHalfStageElems = 2048;
 
 // The identity normalize passes, conversions fused into the loop: loop_normalize_runs (one
