@@ -37,6 +37,15 @@ inline int64_t sysfs_cache_bytes(int level) {
   return 0;
 }
 
+// A 0 / 1 environment switch that overrides a heuristic below: 0 or 1, or -1 when unset or
+// anything else (callers read it once).
+inline int env_switch(const char* name) {
+  const char* env = std::getenv(name);
+  if (env == nullptr) return -1;
+  const std::string_view v(env);
+  return v == "0" ? 0 : v == "1" ? 1 : -1;
+}
+
 // Cache sizes as the OS reports them: sysfs, else sysconf (read once by the callers below; 0
 // where neither says).
 inline int64_t reported_cache_bytes(int level) {
@@ -93,12 +102,7 @@ inline int64_t fuse_budget_bytes() {
 // GROUPNORM_EXT_STREAMING_STORES=0 never streams, =1 always does (read once).
 inline constexpr int64_t kStreamingFootprintCap = int64_t(32) << 20;
 inline bool streaming_stores_pay(int64_t footprint_bytes) {
-  static const int mode = [] {
-    const char* env = std::getenv("GROUPNORM_EXT_STREAMING_STORES");
-    if (env == nullptr) return -1;
-    const std::string_view v(env);
-    return v == "0" ? 0 : v == "1" ? 1 : -1;
-  }();
+  static const int mode = env_switch("GROUPNORM_EXT_STREAMING_STORES");
   if (mode >= 0) return mode == 1;
   const int64_t llc = last_level_cache_bytes();
   return footprint_bytes >= (llc > 0 ? std::min(llc, kStreamingFootprintCap) : kStreamingFootprintCap);
@@ -112,12 +116,7 @@ inline bool streaming_stores_pay(int64_t footprint_bytes) {
 // ms); on a few MB already near, it cost up to 10% for long rows (C = 640).
 // GROUPNORM_EXT_CPU_PREFETCH=0 / 1 forces it off / on (read once; for measurements and tests).
 inline bool software_prefetch_pays(int64_t bytes) {
-  static const int mode = [] {
-    const char* env = std::getenv("GROUPNORM_EXT_CPU_PREFETCH");
-    if (env == nullptr) return -1;
-    const std::string_view v(env);
-    return v == "0" ? 0 : v == "1" ? 1 : -1;
-  }();
+  static const int mode = env_switch("GROUPNORM_EXT_CPU_PREFETCH");
   if (mode >= 0) return mode == 1;
   return bytes >= 4 * l2_cache_bytes() * std::max<int64_t>(1, at::get_num_threads());
 }
