@@ -189,7 +189,6 @@ GN_INLINE void normalize_rows_impl(const T* x, T* y, int64_t rows, int64_t C, co
 template <Activation act>
 constexpr int kStreamLines = act == Activation::Identity ? 1 : 4;
 
-// The public normalize loops' bodies for one activation (the clones switch once per call).
 // float16 with a fused activation on F16C (loops_half.h): each piece of x converted into an L1
 // buffer, normalized there by the float loop, converted out.
 template <Activation act>
@@ -230,6 +229,7 @@ GN_INLINE void normalize_rows_staged(const c10::Half* x, c10::Half* y, int64_t r
   }
 }
 
+// The public normalize loops' bodies for one activation (the clones switch once per call).
 template <Activation act, typename T, typename acc_t = opmath_t<T>>
 GN_INLINE void normalize_run(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias, bool stream) {
   if constexpr (std::is_same_v<T, c10::Half>) {
