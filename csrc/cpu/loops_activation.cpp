@@ -58,25 +58,13 @@ template <Activation act>
 GN_INLINE void activation_grad_rows_staged(const c10::Half* dy, const c10::Half* x, c10::Half* dz, int64_t rows,
                                            int64_t C, const float* mean, const float* scale, const float* bias) {
   alignas(64) float sdy[kHalfStageElems], sx[kHalfStageElems], sdz[kHalfStageElems];
-  const int64_t rows_per_piece = C <= kHalfStageElems ? kHalfStageElems / C : 1;
-  const int64_t width = std::min(C, kHalfStageElems);
-  for (int64_t r = 0; r < rows; r += rows_per_piece) {
-    const int64_t piece_rows = std::min(rows_per_piece, rows - r);
-    for (int64_t c = 0; c < C; c += width) {  // one pass when whole rows fit a piece
-      const int64_t len = C <= kHalfStageElems ? piece_rows * C : std::min(width, C - c);
-      const int64_t o = r * C + c;
-      half_to_float_f16c(dy + o, sdy, len);
-      half_to_float_f16c(x + o, sx, len);
-      if (C <= kHalfStageElems) {
-        activation_grad_rows_impl<act>(static_cast<const float*>(sdy), static_cast<const float*>(sx), sdz, piece_rows,
-                                       C, mean, scale, bias);
-      } else {
-        activation_grad_rows_impl<act>(static_cast<const float*>(sdy), static_cast<const float*>(sx), sdz, 1, len,
-                                       mean + c, scale + c, bias + c);
-      }
-      float_to_half_f16c(sdz, dz + o, len, false);
-    }
-  }
+  for_half_stage_pieces(rows, C, [&](int64_t o, int64_t piece_rows, int64_t c0, int64_t width) GN_LAMBDA_INLINE {
+    half_to_float_f16c(dy + o, sdy, piece_rows * width);
+    half_to_float_f16c(x + o, sx, piece_rows * width);
+    activation_grad_rows_impl<act>(static_cast<const float*>(sdy), static_cast<const float*>(sx), sdz, piece_rows,
+                                   width, mean + c0, scale + c0, bias + c0);
+    float_to_half_f16c(sdz, dz + o, piece_rows * width, false);
+  });
 }
 
 // The public loops' bodies: the float16 ones staged where the CPU has F16C.

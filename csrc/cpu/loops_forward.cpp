@@ -209,24 +209,11 @@ template <Activation act>
 GN_INLINE void normalize_rows_staged(const c10::Half* x, c10::Half* y, int64_t rows, int64_t C, const float* mean,
                                      const float* scale, const float* bias, bool stream) {
   alignas(64) float in[kHalfStageElems], out[kHalfStageElems];
-  if (C <= kHalfStageElems) {
-    const int64_t rows_per_piece = kHalfStageElems / C;
-    for (int64_t r = 0; r < rows; r += rows_per_piece) {
-      const int64_t piece_rows = std::min(rows_per_piece, rows - r), o = r * C;
-      half_to_float_f16c(x + o, in, piece_rows * C);
-      normalize_rows_impl<act>(in, out, piece_rows, C, mean, scale, bias);
-      float_to_half_f16c(out, y + o, piece_rows * C, stream);
-    }
-    return;
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < C; c += kHalfStageElems) {
-      const int64_t len = std::min(kHalfStageElems, C - c), o = r * C + c;
-      half_to_float_f16c(x + o, in, len);
-      normalize_rows_impl<act>(in, out, 1, len, mean + c, scale + c, bias + c);
-      float_to_half_f16c(out, y + o, len, stream);
-    }
-  }
+  for_half_stage_pieces(rows, C, [&](int64_t o, int64_t piece_rows, int64_t c0, int64_t width) GN_LAMBDA_INLINE {
+    half_to_float_f16c(x + o, in, piece_rows * width);
+    normalize_rows_impl<act>(static_cast<const float*>(in), out, piece_rows, width, mean + c0, scale + c0, bias + c0);
+    float_to_half_f16c(out, y + o, piece_rows * width, stream);
+  });
 }
 
 // The public normalize loops' bodies for one activation (the clones switch once per call).

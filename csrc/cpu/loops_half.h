@@ -45,6 +45,25 @@ void float_to_half_f16c(const float* src, c10::Half* dst, int64_t n, bool stream
 // contiguous moments and gradient sums stage a whole chunk (plan.h, kChunkTargetElems).
 constexpr int64_t kHalfStageElems = 2048;
 
+// The staged pieces of `rows` contiguous rows of C channels: whole rows per piece, or pieces of
+// one row when a row is longer than a piece. piece(offset, piece_rows, c0, width) covers
+// elements [offset, offset + piece_rows * width), channels [c0, c0 + width) of each row.
+template <typename Piece>
+__attribute__((always_inline)) inline void for_half_stage_pieces(int64_t rows, int64_t C, const Piece& piece) {
+  if (C <= kHalfStageElems) {
+    const int64_t rows_per_piece = kHalfStageElems / C;
+    for (int64_t r = 0; r < rows; r += rows_per_piece) {
+      piece(r * C, rows - r < rows_per_piece ? rows - r : rows_per_piece, int64_t(0), C);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < C; c += kHalfStageElems) {
+      piece(r * C + c, int64_t(1), c, C - c < kHalfStageElems ? C - c : kHalfStageElems);
+    }
+  }
+}
+
 // The identity normalize passes, conversions fused into the loop: loop_normalize_runs (one
 // coefficient set per run of len) and loop_normalize_rows (per-channel coefficients).
 void normalize_runs_f16c(const c10::Half* x, c10::Half* y, int64_t runs, int64_t len, const float* mean,
