@@ -61,31 +61,23 @@ bool is_channels_innermost_dense(const Tensor& t) {
   return true;
 }
 
-// Strides of a tensor of `sizes` dense in MemoryOrder `order`: contiguous strides of the
-// dims in order (0, 2, ..., dim-1, 1) for NSC, as torch computes them (a dim of size 0 or 1
-// counts as 1).
-std::vector<int64_t> dense_strides(at::IntArrayRef sizes, MemoryOrder order) {
-  const int64_t dim = static_cast<int64_t>(sizes.size());
-  std::vector<int64_t> perm(dim);
-  for (int64_t d = 0; d < dim; ++d) perm[d] = d;
-  if (order == MemoryOrder::NSC) perm = channels_last_permutation(dim);
-  std::vector<int64_t> strides(dim);
+// Contiguous strides, as torch computes them (a dim of size 0 counts as 1).
+std::vector<int64_t> dense_contiguous_strides(at::IntArrayRef sizes) {
+  std::vector<int64_t> strides(sizes.size());
   int64_t stride = 1;
-  for (int64_t i = dim - 1; i >= 0; --i) {
-    strides[perm[i]] = stride;
-    stride *= std::max<int64_t>(sizes[perm[i]], 1);
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+    strides[d] = stride;
+    stride *= std::max<int64_t>(sizes[d], 1);
   }
   return strides;
 }
 
-// `t` (a tensor shaped like the input) made dense in `order`, copying only when needed.
-Tensor dense_in_order(const Tensor& t, MemoryOrder order) {
-  if (order == MemoryOrder::NCS) return t.contiguous();
+// `t` (a tensor shaped like the input) dense in the kernels' memory order for the outputs'
+// `format`: channels innermost for channels_last(_3d), else contiguous; a copy only when needed.
+Tensor dense_for_format(const Tensor& t, at::MemoryFormat format) {
+  if (format == at::MemoryFormat::Contiguous) return t.contiguous();
   if (is_channels_innermost_dense(t)) return t;
-  const auto perm = channels_last_permutation(t.dim());
-  std::vector<int64_t> inverse(perm.size());
-  for (size_t i = 0; i < perm.size(); ++i) inverse[perm[i]] = static_cast<int64_t>(i);
-  return t.permute(perm).contiguous().permute(inverse);
+  return t.contiguous(format);
 }
 
 Tensor check_param(const char* op, const char* name, const OptionalTensor& param,
@@ -147,12 +139,19 @@ ForwardProblem check_forward(const char* op, const Tensor& input, int64_t num_gr
                 " and ", p.bias.scalar_type());
   }
 
-  // Contiguous first: a tensor that is dense in both orders (C == 1 or S == 1) is
-  // treated as NCS. Any other strides are copied once to NCS.
-  const MemoryOrder order = (!input.is_contiguous() && is_channels_innermost_dense(input))
+  // The layout torch's group_norm gives its output on the CPU: input.suggest_memory_format(),
+  // channels_last(_3d) for 4-D (5-D) input whose strides torch reads as such (its rule settles
+  // ambiguous ones, size-1 dims and all), contiguous for anything else: channels-innermost
+  // input of another rank, (N, L, C).transpose(1, 2) say, is copied once and gives a contiguous
+  // output, as torch's does, which a later .view() of it relies on. The kernels read the input
+  // in place in that order; contiguous first: a tensor dense in both orders (C == 1 or S == 1)
+  // runs the NCS kernels, the same memory either way. (On CUDA torch makes channels_last input
+  // contiguous and returns a contiguous output; ours keeps the format there too.)
+  p.format = input.suggest_memory_format();
+  p.input = dense_for_format(input, p.format);
+  const MemoryOrder order = p.format != at::MemoryFormat::Contiguous && !p.input.is_contiguous()
                                 ? MemoryOrder::NSC
                                 : MemoryOrder::NCS;
-  p.input = dense_in_order(input, order);
   p.shape = GroupNormShape{input.size(0), C, S, num_groups, order};
   return p;
 }
@@ -183,23 +182,32 @@ BackwardProblem check_backward(const char* op, const Tensor& grad_out, const Ten
     TORCH_CHECK(stat->scalar_type() == want, op, ": expected ", name, " of dtype ", want,
                 " but got ", stat->scalar_type());
   }
-  b.grad_out = dense_in_order(grad_out, shape.order);
+  b.grad_out = shape.order == MemoryOrder::NSC ? dense_for_format(grad_out, b.fwd.format) : grad_out.contiguous();
   b.mean = mean.contiguous();
   b.rstd = rstd.contiguous();
   return b;
 }
 
-Tensor empty_in_order(const Tensor& like, MemoryOrder order, at::ScalarType dtype) {
-  // Large CPU outputs come from the output pool (cpu/output_pool.h); the rest from
-  // at::empty_strided.
-  const std::vector<int64_t> strides = dense_strides(like.sizes(), order);
-  if (like.is_cpu()) return cpu::empty_output(like.sizes(), strides, dtype);
-  return at::empty_strided(like.sizes(), strides, like.options().dtype(dtype).memory_format(c10::nullopt));
+Tensor empty_in_format(const Tensor& like, at::MemoryFormat format, at::ScalarType dtype) {
+  // torch's strides for the format (at::empty(..., memory_format) computes the same), so
+  // that size-1 dims get torch's strides too. Large CPU outputs come from the output pool
+  // (cpu/output_pool.h); the rest from at::empty_strided.
+  const at::IntArrayRef sizes = like.sizes();
+  std::vector<int64_t> strides;
+  if (format == at::MemoryFormat::ChannelsLast) {
+    strides = c10::get_channels_last_strides_2d(sizes);
+  } else if (format == at::MemoryFormat::ChannelsLast3d) {
+    strides = c10::get_channels_last_strides_3d(sizes);
+  } else {
+    strides = dense_contiguous_strides(sizes);
+  }
+  if (like.is_cpu()) return cpu::empty_output(sizes, strides, dtype);
+  return at::empty_strided(sizes, strides, like.options().dtype(dtype).memory_format(c10::nullopt));
 }
 
 ForwardResult allocate_forward_outputs(const ForwardProblem& p, const Tensor& input) {
   const auto stats_opts = input.options().dtype(stats_dtype(input.scalar_type()));
-  return {empty_in_order(input, p.shape.order, input.scalar_type()),
+  return {empty_in_format(input, p.format, input.scalar_type()),
           at::empty({p.shape.N, p.shape.groups}, stats_opts), at::empty({p.shape.N, p.shape.groups}, stats_opts)};
 }
 
@@ -208,7 +216,7 @@ bool allocate_backward_outputs(const ForwardProblem& p, const Tensor& input,
   Tensor& grad_input = std::get<0>(grads);
   Tensor& grad_weight = std::get<1>(grads);
   Tensor& grad_bias = std::get<2>(grads);
-  if (output_mask[0]) grad_input = empty_in_order(input, p.shape.order, input.scalar_type());
+  if (output_mask[0]) grad_input = empty_in_format(input, p.format, input.scalar_type());
   if (output_mask[1] && p.weight.defined()) grad_weight = at::empty_like(p.weight);
   if (output_mask[2] && p.bias.defined()) grad_bias = at::empty_like(p.bias);
   if (!grad_input.defined() && !grad_weight.defined() && !grad_bias.defined()) return false;

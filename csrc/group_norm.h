@@ -45,7 +45,9 @@ BackwardResult group_norm_backward_cuda(const Tensor& grad_out, const Tensor& in
 struct ForwardProblem {
   GroupNormShape shape;
   Activation activation;
-  Tensor input;   // dense in `shape.order` (the caller's tensor, or a copy for odd strides)
+  // The outputs' (y, grad_input) memory format: torch's, input.suggest_memory_format().
+  at::MemoryFormat format = at::MemoryFormat::Contiguous;
+  Tensor input;   // dense in `shape.order` (the caller's tensor, or a copy for other strides)
   Tensor weight;  // undefined when absent
   Tensor bias;    // undefined when absent
 };
@@ -75,8 +77,9 @@ Activation parse_activation(const char* op, std::string_view name);
 // Dtype of the saved statistics: float64 for float64 input, float32 otherwise.
 at::ScalarType stats_dtype(at::ScalarType input_dtype);
 
-// An uninitialised tensor with `like`'s sizes laid out in `order`.
-Tensor empty_in_order(const Tensor& like, MemoryOrder order, at::ScalarType dtype);
+// An uninitialised tensor with `like`'s sizes in memory format `format` (torch's strides for
+// it, size-1 dims included).
+Tensor empty_in_format(const Tensor& like, at::MemoryFormat format, at::ScalarType dtype);
 
 // Uninitialised forward outputs: out in the problem's memory order and the input's
 // dtype, mean and rstd shaped (N, G) in the statistics dtype.

@@ -1,6 +1,7 @@
 """Fake (meta) kernels for every op, so that torch.compile and torch.export trace them
 without running them. They follow the C++ kernels' shape, dtype and layout rules."""
 import torch
+import torch._prims_common
 
 _LIB = "groupnorm_ext"
 
@@ -9,21 +10,12 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _channels_last_permutation(dim: int):
-    return [0] + list(range(2, dim)) + [1]
-
-
 def _empty_like_layout(input: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An empty tensor in the layout the kernels produce: channels innermost when the input
-    is dense with channels innermost (and not contiguous), contiguous otherwise."""
-    if input.dim() >= 3 and not input.is_contiguous():
-        perm = _channels_last_permutation(input.dim())
-        if input.permute(perm).is_contiguous():
-            inverse = [0] * len(perm)
-            for i, p in enumerate(perm):
-                inverse[p] = i
-            return input.new_empty([input.shape[p] for p in perm], dtype=dtype).permute(inverse)
-    return input.new_empty(input.shape, dtype=dtype)
+    """An empty tensor in the layout the kernels produce (csrc/common.cpp, empty_in_format): torch's
+    memory format for the input (input.suggest_memory_format(), which torch's CPU group_norm gives
+    its output), with torch's strides for it."""
+    memory_format = torch._prims_common.suggest_memory_format(input)
+    return torch.empty(input.shape, dtype=dtype, device=input.device, memory_format=memory_format)
 
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

@@ -218,3 +218,40 @@ def test_backward_op_layouts(layout):
     _, mean, rstd = ops.group_norm_forward(x, G, w, b, 1e-5, "identity")
     got = ops.group_norm_backward(gy, x, mean, rstd, w, b, G, "identity", [True, True, True])
     assert_grads_close(got, ref_grads(x, G, w, b, gy), **tol(torch.float32, grad=True))
+
+
+@pytest.mark.parametrize("dtype,bias_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                              (torch.float16, torch.float16)], ids=["float32", "bf16_f32", "float16"])
+def test_bias_changed_in_place_before_backward(dtype, bias_dtype):
+    """As torch's group_norm, the backward does not keep the bias (its value does not enter the
+    gradients without an activation): changing it in place between forward and backward (an
+    optimizer or EMA step on a bias) is no error, and the gradients, grad_bias's dtype included,
+    are torch's. With a fused activation the backward needs the bias, and the change is reported."""
+    x = make_input((2, 6, 5), dtype, "contiguous", seed=71).requires_grad_()
+    w = torch.randn(6, dtype=bias_dtype, requires_grad=True)
+    dy = make_grad_out((2, 6, 5), dtype, seed=72)
+    grads = []
+    for fn in (groupnorm_ext.group_norm, F.group_norm):
+        b = torch.randn(6, generator=torch.Generator().manual_seed(73)).to(bias_dtype).requires_grad_()
+        y = fn(x, 3, w, b)
+        with torch.no_grad():
+            b.add_(0.5)
+        grads.append(torch.autograd.grad(y, (x, w, b), dy))
+    for ours, theirs in zip(*grads):
+        assert ours.dtype == theirs.dtype
+        torch.testing.assert_close(ours.float(), theirs.float(), **tol(dtype, grad=True))
+    b = torch.randn(6, dtype=bias_dtype, requires_grad=True)
+    y = groupnorm_ext.group_norm(x, 3, w, b, activation="silu")
+    with torch.no_grad():
+        b.add_(0.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(y, (x, w, b), dy)
+
+
+def test_bias_only_gradients_without_saved_bias():
+    """grad_bias when the bias is the only parameter, no weight (its dtype comes from what the
+    forward recorded), and through double backward."""
+    x = make_input((2, 4, 3, 3), torch.float64, "channels_last", seed=74).requires_grad_()
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda x, b: groupnorm_ext.group_norm(x, 2, None, b), (x, b))
+    torch.autograd.gradgradcheck(lambda x, b: groupnorm_ext.group_norm(x, 2, None, b), (x, b))

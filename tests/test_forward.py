@@ -129,6 +129,61 @@ def test_output_strides_are_torchs(shape, layout):
     assert torch.autograd.grad(ours, x, dy)[0].stride() == torch.autograd.grad(theirs, x, dy)[0].stride()
 
 
+def _odd_layouts():
+    """(name, input) pairs whose strides torch's suggest_memory_format settles in ways a stride rule
+    of our own could get wrong: channels-innermost order at ranks without a channels_last format,
+    views torch does not read as channels_last, ambiguous size-1 dims, sliced channels_last."""
+    g = torch.Generator().manual_seed(65)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    return [
+        ("rank3_transposed", randn(2, 5, 6).transpose(1, 2)),                 # (N, L, C) -> (N, C, L)
+        ("rank3_transposed_unsqueezed", randn(2, 7, 6).permute(0, 2, 1).unsqueeze(-1)),
+        ("hwc_image", randn(3, 5, 4).permute(2, 0, 1).unsqueeze(0)),           # (1, C, H, W)
+        ("rank6_channels_innermost", randn(2, 3, 4, 2, 3, 6).permute(0, 5, 1, 2, 3, 4)),
+        ("n111_channels_last", randn(4, 12, 1, 1).contiguous(memory_format=torch.channels_last)),
+        ("c1_channels_last", randn(4, 1, 3, 3).contiguous(memory_format=torch.channels_last)),
+        ("n1w1_channels_last", randn(3, 6, 1, 5).contiguous(memory_format=torch.channels_last)),
+        ("c1_channels_last_3d", randn(2, 1, 3, 2, 2).contiguous(memory_format=torch.channels_last_3d)),
+        ("sliced_channels_last", randn(2, 6, 4, 10).contiguous(memory_format=torch.channels_last)[..., ::2]),
+        ("channels_last_permuted_hw", randn(2, 6, 4, 5).contiguous(memory_format=torch.channels_last)
+         .transpose(2, 3)),
+        ("rank5_channels_innermost_2d_view", randn(2, 3, 4, 6).permute(0, 3, 1, 2).unsqueeze(2)),
+    ]
+
+
+@pytest.mark.parametrize("name,x", _odd_layouts(), ids=[n for n, _ in _odd_layouts()])
+def test_output_layout_follows_torch_for_any_strides(name, x):
+    """Output and grad_input strides are torch's (input.suggest_memory_format(), with torch's
+    strides for that format), values too; the fake kernel (torch.compile, export) agrees. A
+    channels-innermost (N, C, L) input gives a contiguous output, so out.view(N, -1) works as
+    with torch."""
+    G = 3 if x.shape[1] % 3 == 0 else 1
+    C = x.shape[1]
+    w, b = torch.randn(C, dtype=x.dtype), torch.randn(C, dtype=x.dtype)
+    xo, xt = x.detach().requires_grad_(), x.detach().requires_grad_()
+    ours, theirs = groupnorm_ext.group_norm(xo, G, w, b), F.group_norm(xt, G, w, b)
+    assert ours.stride() == theirs.stride(), (name, x.stride())
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    dy = torch.randn_like(theirs)
+    go, = torch.autograd.grad(ours, xo, dy)
+    gt, = torch.autograd.grad(theirs, xt, dy)
+    assert go.stride() == gt.stride(), (name, x.stride())
+    torch.testing.assert_close(go, gt, rtol=1e-4, atol=1e-4)
+    if theirs.is_contiguous():
+        torch.testing.assert_close(ours.view(ours.shape[0], -1), theirs.view(theirs.shape[0], -1),
+                                   rtol=1e-5, atol=1e-5)
+    _, mean, rstd = ops.group_norm_forward(x, G, w, b, 1e-5, "identity")
+    raw = ops.group_norm_backward(dy, x, mean, rstd, w, b, G, "identity", [True, False, False])[0]
+    assert raw.stride() == gt.stride()
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake_x = mode.from_tensor(x)
+        fake_y, _, _ = torch.ops.groupnorm_ext.group_norm_forward(fake_x, G, None, None, 1e-5, "identity")
+        assert fake_y.stride() == theirs.stride(), (name, x.stride())
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,layout", [
     ((0, 6), "contiguous"), ((0, 6, 5), "contiguous"), ((0, 6, 5, 3), "contiguous"),

@@ -2,9 +2,9 @@
 output is another 4.3 GB) gives the right statistics and output.
 
 * G = 2, contiguous: the second group starts at element 2^30 + 1 and crosses element 2^31.
-* G = 1, channels innermost: the same storage viewed as (1, 2S / 130, 130) transposed to (N, C, S) order
-  (the NSC path, C = 130 so that the channel loop has a vector tail): one group of 2^31 + 2 elements,
-  whose element offsets (s * C + c) pass 2^31.
+* G = 1, channels_last: the same storage viewed as (1, 2S / 130, 1, 130) permuted to (N, C, H, W) =
+  (1, 130, 2S / 130, 1), channels_last strides (the NSC path, read in place; C = 130 so that the channel
+  loop has a vector tail): one group of 2^31 + 2 elements, whose element offsets (s * C + c) pass 2^31.
 
 Outputs are checked at the start, across the group boundary, across element 2^31, at the end and in 16
 windows spread over the tensor. The expected statistics come from a chunked float64 computation
@@ -149,18 +149,19 @@ def test_more_than_2_31_elements_contiguous_two_groups(big_input):
         gc.collect()
 
 
-def test_more_than_2_31_elements_channels_innermost_one_group(big_input):
+def test_more_than_2_31_elements_channels_last_one_group(big_input):
     big_input, reference_moments = big_input
-    # (1, C, S2) logical, stored as (1, S2, C): element (0, c, s) at flat offset C * s + c
-    x = big_input.view(1, NUMEL // NSC_C, NSC_C).transpose(1, 2)
-    assert not x.is_contiguous() and x.shape == (1, NSC_C, NUMEL // NSC_C)
+    # (1, C, S2, 1) logical, stored as (1, S2, 1, C): element (0, c, s, 0) at flat offset C * s + c
+    x = big_input.view(1, NUMEL // NSC_C, 1, NSC_C).permute(0, 3, 1, 2)
+    assert not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    assert x.shape == (1, NSC_C, NUMEL // NSC_C, 1)
     eps = 1e-5
     out, mean, rstd = ops.group_norm_forward(x, 1, None, None, eps, "identity")
     try:
-        assert out.shape == x.shape and out.stride() == x.stride(), "output must keep the channels-innermost layout"
+        assert out.shape == x.shape and out.stride() == x.stride(), "output must keep the channels_last layout"
         whole = combine(*reference_moments)
         check_stats(mean, rstd, [(whole[1], rstd_of(whole, eps))], "G=1 NSC")
-        o = out.transpose(1, 2).reshape(-1)   # a view: the same flat order as the input's storage
+        o = out.permute(0, 2, 3, 1).reshape(-1)   # a view: the same flat order as the input's storage
         assert o.data_ptr() == out.data_ptr()
         m64 = torch.tensor([whole[1]], dtype=torch.float64)
         r64 = torch.tensor([rstd_of(whole, eps)], dtype=torch.float64)

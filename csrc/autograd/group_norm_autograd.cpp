@@ -85,14 +85,24 @@ class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     ctx->saved_data["bias_needs_grad"] = b.defined() && b.requires_grad();
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, mean, rstd] = call_forward(input, num_groups, weight, bias, eps, activation);
-    ctx->save_for_backward({input, mean, rstd, w, b});
+    // The bias's values matter to the backward only through a fused activation (z = xhat * w +
+    // b). Without one it is not saved, as torch's native_group_norm does not save it: changing
+    // it in place between forward and backward (an optimizer step, an EMA update) is then no
+    // error. The backward gets zeros of its dtype instead (for grad_bias's dtype).
+    const bool save_bias = b.defined() && parse_activation("group_norm", activation) != Activation::Identity;
+    ctx->saved_data["bias_dtype"] = b.defined() ? c10::IValue(b.scalar_type()) : c10::IValue();
+    ctx->save_for_backward({input, mean, rstd, w, save_bias ? b : Tensor()});
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &mean = saved[1], &rstd = saved[2];
-    const Tensor &weight = saved[3], &bias = saved[4];
+    const Tensor& weight = saved[3];
+    Tensor bias = saved[4];
+    if (!bias.defined() && !ctx->saved_data["bias_dtype"].isNone()) {  // not saved: values unused
+      bias = at::zeros({input.size(1)}, input.options().dtype(ctx->saved_data["bias_dtype"].toScalarType()));
+    }
     const int64_t G = ctx->saved_data["num_groups"].toInt();
     const std::string activation = ctx->saved_data["activation"].toStringRef();
     const std::array<bool, 3> mask = {ctx->saved_data["input_needs_grad"].toBool(),

@@ -71,7 +71,7 @@ template class ActivationGrad<c10::Half>;
 template class ActivationGrad<c10::BFloat16>;
 
 Tensor activation_grad_buffer(const BackwardProblem& bp) {
-  return empty_in_order(bp.fwd.input, bp.fwd.shape.order, bp.grad_out.scalar_type());
+  return empty_in_format(bp.fwd.input, bp.fwd.format, bp.grad_out.scalar_type());
 }
 
 }  // namespace cpu
