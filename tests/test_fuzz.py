@@ -46,7 +46,9 @@ def views_for_rank(rank):
     if rank == 5:
         views.append("channels_last_3d")
     if rank >= 3:
-        views.append("channels_innermost")  # channels-last order for any rank (NSC): (0, 2, ..., 1) dense
+        # channels-last order for any rank, (0, 2, ..., 1) dense: the NSC kernels at rank 4 and 5, where torch
+        # reads it as channels_last(_3d); a copy to contiguous at rank 3, as torch makes
+        views.append("channels_innermost")
     return views + ["strided", "sliced", "transposed", "permuted", "misaligned", "expanded", "zero_stride"]
 
 
@@ -208,6 +210,8 @@ def test_forward_matches_reference(p):
     out, mean, rstd = ops.group_norm_forward(x, G, w, b, eps, "identity")
     exp_out, exp_mean, exp_rstd = ref_group_norm(x, G, w, b, eps)
     assert out.dtype == dtype and tuple(out.shape) == shape
+    # the layout torch's group_norm gives its output (torch.group_norm: no one-value-per-group check)
+    assert out.stride() == torch.group_norm(x, G, w, b, eps).stride(), "output strides differ from torch's"
     assert mean.dtype == stat_dtype(dtype) and tuple(mean.shape) == (shape[0], G)
     assert rstd.dtype == stat_dtype(dtype) and tuple(rstd.shape) == (shape[0], G)
 
