@@ -1,7 +1,9 @@
-"""``convert_group_norm``: swap every :class:`torch.nn.GroupNorm` inside a model for
-:class:`groupnorm_ext.GroupNorm`, keeping its parameters (the same ``Parameter`` objects, so
-an optimizer built before the swap keeps training them), device, dtype, training mode and
-state_dict keys."""
+"""``convert_group_norm``: make every :class:`torch.nn.GroupNorm` inside a model a
+:class:`groupnorm_ext.GroupNorm`, in place: the module objects stay, only their class changes,
+so parameters (an optimizer built before keeps training them), buffers, attributes, hooks of
+every kind (and their handles), device, dtype, training mode, state_dict keys and shared
+instances all stay as they were."""
+from collections import Counter
 from typing import Optional
 
 from torch import nn
@@ -9,22 +11,28 @@ from torch import nn
 from .modules import GroupNorm
 
 
-def _swap(norm: nn.GroupNorm, activation: Optional[str] = None) -> GroupNorm:
-    # built on the meta device (no allocation, no initialisation), then handed the very
-    # Parameter objects of `norm` (or None when it has no affine parameters)
-    new = GroupNorm(norm.num_groups, norm.num_channels, norm.eps, norm.affine, device="meta",
-                    activation=activation, bias=norm.bias is not None)
-    new.weight = norm.weight
-    new.bias = norm.bias
-    new.train(norm.training)
-    for hooks in ("_forward_hooks", "_forward_pre_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks"):
-        getattr(new, hooks).update(getattr(norm, hooks))
-    return new
+def _convert_in_place(norm: nn.GroupNorm, activation: Optional[str] = None) -> GroupNorm:
+    # GroupNorm subclasses nn.GroupNorm and adds only `activation` (and forward): the object's
+    # state is already a GroupNorm's. Building a new module and copying state over would lose
+    # what the copy does not know of (backward hooks, with_kwargs / always_call flags, extra
+    # buffers, attributes, hook handles, sharing).
+    norm.__class__ = GroupNorm
+    norm.activation = activation
+    return norm
+
+
+def _has_hooks(module: nn.Module, *kinds: str) -> bool:
+    return any(getattr(module, kind, None) for kind in kinds)
+
+
+# Hooks that see a module's output or its gradient: on a norm fused with the activation after it
+# they would see the activation's instead.
+_OUTPUT_HOOKS = ("_forward_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
 def _fusable_activation(module: nn.Module) -> Optional[str]:
     """The fused-activation name that computes what `module` computes, or None."""
-    if module._forward_hooks or module._forward_pre_hooks:
+    if _has_hooks(module, "_forward_pre_hooks", *_OUTPUT_HOOKS):
         return None  # the hooks would no longer see the activation's call
     if type(module) is nn.SiLU:
         return "silu"
@@ -35,42 +43,49 @@ def _fusable_activation(module: nn.Module) -> Optional[str]:
     return None
 
 
-def _fuse_in_sequential(seq: nn.Sequential) -> None:
+def _fuse_in_sequential(seq: nn.Sequential, uses: Counter) -> None:
     """In an nn.Sequential, an nn.GroupNorm directly followed by nn.SiLU / nn.ReLU / nn.GELU becomes
-    one GroupNorm with that activation fused, and the activation's slot an nn.Identity (so indices
-    and state_dict keys stay as they were). Not when the norm has forward hooks: they would see
-    the activation's output."""
+    a GroupNorm with that activation fused, and the activation's slot an nn.Identity (so indices
+    and state_dict keys stay as they were). Not when the norm has hooks that see its output or
+    its gradient (they would see the activation's), nor when the same norm object is used
+    elsewhere in the model (that use would get the activation too)."""
     names = list(seq._modules)
     for name, next_name in zip(names, names[1:]):
         norm, act = seq._modules[name], seq._modules[next_name]
-        if type(norm) is not nn.GroupNorm or norm._forward_hooks or act is None:
+        if type(norm) is not nn.GroupNorm or act is None or uses[id(norm)] != 1 or _has_hooks(norm, *_OUTPUT_HOOKS):
             continue
         activation = _fusable_activation(act)
         if activation is not None:
-            setattr(seq, name, _swap(norm, activation))
+            _convert_in_place(norm, activation)
             setattr(seq, next_name, nn.Identity())
 
 
+def _convert_children(module: nn.Module, fuse_activations: bool, uses: Counter) -> None:
+    if fuse_activations and type(module) is nn.Sequential:
+        _fuse_in_sequential(module, uses)
+    for child in module.children():
+        if type(child) is nn.GroupNorm:
+            _convert_in_place(child)
+        else:
+            _convert_children(child, fuse_activations, uses)
+
+
 def convert_group_norm(module: nn.Module, fuse_activations: bool = False) -> nn.Module:
-    """Replaces, in place, every ``torch.nn.GroupNorm`` submodule of ``module`` (at any depth:
-    Sequential, ModuleList, ModuleDict, attributes) by a ``groupnorm_ext.GroupNorm`` with the
-    same configuration and the same parameters, and returns ``module``. When ``module``
-    itself is an ``nn.GroupNorm``, the replacement is returned (a module cannot replace itself
-    in its parent). Subclasses of ``nn.GroupNorm`` are left alone: their ``forward`` may do
-    more than group normalization.
+    """Makes every ``torch.nn.GroupNorm`` submodule of ``module`` (at any depth: Sequential,
+    ModuleList, ModuleDict, attributes), or ``module`` itself, a ``groupnorm_ext.GroupNorm``, in
+    place, and returns ``module``. Only the class of each norm changes: its parameters, buffers,
+    attributes and hooks stay, and so does every reference to it. Subclasses of ``nn.GroupNorm``
+    are left alone: their ``forward`` may do more than group normalization.
 
     ``fuse_activations=True`` also fuses, inside ``nn.Sequential`` containers, an
     ``nn.GroupNorm`` directly followed by ``nn.SiLU``, ``nn.ReLU`` or ``nn.GELU``: the norm
     becomes ``GroupNorm(..., activation=...)`` and the activation's slot an ``nn.Identity``
-    (same outputs, one pass instead of two; state_dict keys unchanged). Activations called from
-    a module's ``forward`` code cannot be seen from here and stay separate."""
+    (same outputs, one pass instead of two; state_dict keys unchanged). Not where a hook would
+    see the difference (forward or backward hooks on the norm's output, any hook on the
+    activation) or where the norm object is also used elsewhere in the model. Activations called
+    from a module's ``forward`` code cannot be seen from here and stay separate."""
     if type(module) is nn.GroupNorm:
-        return _swap(module)
-    if fuse_activations and type(module) is nn.Sequential:
-        _fuse_in_sequential(module)
-    for name, child in module.named_children():
-        if type(child) is nn.GroupNorm:
-            setattr(module, name, _swap(child))
-        else:
-            convert_group_norm(child, fuse_activations)
+        return _convert_in_place(module)
+    uses = Counter(id(m) for _, m in module.named_modules(remove_duplicate=False)) if fuse_activations else Counter()
+    _convert_children(module, fuse_activations, uses)
     return module

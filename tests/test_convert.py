@@ -67,10 +67,12 @@ def test_convert_keeps_training_mode_dtype_and_scripts():
     torch.testing.assert_close(scripted(x), model(x))
 
 
-def test_convert_a_bare_group_norm_returns_the_replacement():
+def test_convert_a_bare_group_norm_converts_it_in_place():
     norm = nn.GroupNorm(3, 6)
+    weight = norm.weight
     new = groupnorm_ext.convert_group_norm(norm)
-    assert type(new) is groupnorm_ext.GroupNorm and new.weight is norm.weight
+    assert new is norm and type(norm) is groupnorm_ext.GroupNorm and norm.weight is weight
+    assert norm.activation is None and "activation" not in repr(norm)
 
 
 def test_convert_leaves_subclasses_alone():
@@ -154,3 +156,70 @@ def test_convert_does_not_fuse_by_default_or_across_hooks():
     assert hooked[2].activation is None and type(hooked[3]) is nn.SiLU
     hooked(torch.randn(2, 4, 3))
     assert len(seen) == 2
+
+
+def _hooked_norm(calls):
+    """An nn.GroupNorm carrying every kind of hook, an extra buffer and an attribute; `calls` records
+    which hooks ran."""
+    norm = nn.GroupNorm(2, 8)
+    norm.register_buffer("running_thing", torch.arange(3.0))
+    norm.custom_flag = "kept"
+    handles = {
+        "forward": norm.register_forward_hook(lambda m, i, o: calls.append("forward")),
+        "forward_kwargs": norm.register_forward_hook(lambda m, a, kw, o: calls.append("forward_kwargs"),
+                                                     with_kwargs=True),
+        "pre_kwargs": norm.register_forward_pre_hook(lambda m, a, kw: calls.append("pre_kwargs"), with_kwargs=True),
+        "always": norm.register_forward_hook(lambda m, i, o: calls.append("always"), always_call=True),
+        "backward": norm.register_full_backward_hook(lambda m, gi, go: calls.append("backward")),
+        "backward_pre": norm.register_full_backward_pre_hook(lambda m, go: calls.append("backward_pre")),
+        "state_dict_pre": norm.register_state_dict_pre_hook(lambda m, prefix, keep: calls.append("state_dict_pre")),
+        "load_post": norm.register_load_state_dict_post_hook(lambda m, keys: calls.append("load_post")),
+    }
+    return norm, handles
+
+
+def test_convert_keeps_hooks_handles_buffers_attributes_and_sharing():
+    """Conversion changes the class of each norm object and nothing else: every kind of hook still
+    runs (with_kwargs and always_call hooks included), handles taken before still remove them,
+    extra buffers stay in the state_dict, attributes stay, and a norm used twice stays one object."""
+    calls = []
+    norm, handles = _hooked_norm(calls)
+    model = nn.Sequential(nn.Conv1d(8, 8, 1), norm, nn.Conv1d(8, 8, 1), norm)
+    keys = list(model.state_dict())
+    calls.clear()
+    groupnorm_ext.convert_group_norm(model)
+    assert model[1] is norm and model[3] is norm and type(norm) is groupnorm_ext.GroupNorm
+    assert norm.custom_flag == "kept" and list(model.state_dict()) == keys and "1.running_thing" in keys
+    x = torch.randn(2, 8, 5, requires_grad=True)
+    model(x).sum().backward()
+    model.load_state_dict(model.state_dict())
+    for kind in ("forward", "forward_kwargs", "pre_kwargs", "always", "backward", "backward_pre", "state_dict_pre",
+                 "load_post"):
+        assert kind in calls, kind
+    for handle in handles.values():
+        handle.remove()
+    calls.clear()
+    model(x).sum().backward()
+    model.load_state_dict(model.state_dict())
+    assert calls == []
+
+
+def test_convert_fuses_only_where_nothing_can_tell():
+    """No fusion when the norm has hooks on its output or gradient, when the activation has any hook,
+    or when the norm object is used elsewhere (that use would get the activation too); the norms are
+    converted all the same."""
+    def pair():
+        return nn.GroupNorm(2, 4), nn.SiLU()
+
+    backward_hooked, act_hooked, shared = pair(), pair(), pair()
+    backward_hooked[0].register_full_backward_hook(lambda m, gi, go: None)
+    act_hooked[1].register_full_backward_hook(lambda m, gi, go: None)
+    free = pair()
+    model = nn.Sequential(*backward_hooked, *act_hooked, *shared, *free, shared[0])
+    ref = copy.deepcopy(model)
+    groupnorm_ext.convert_group_norm(model, fuse_activations=True)
+    assert [model[i].activation for i in (0, 2, 4, 6, 8)] == [None, None, None, "silu", None]
+    assert [type(model[i]) for i in (1, 3, 5, 7)] == [nn.SiLU, nn.SiLU, nn.SiLU, nn.Identity]
+    assert model[8] is model[4]
+    x = torch.randn(2, 4, 6)
+    torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=1e-5)
