@@ -16,5 +16,10 @@ namespace cuda {
 int64_t backward_channel_sums(const BackwardProblem& bp, at::Tensor& part_dy, at::Tensor& part_dy_xc,
                               cudaStream_t stream);
 
+// backward_activation.cu: dL/dz = dy * act'(z) of the problem's fused activation (not the
+// identity), z recomputed from x and the saved statistics, dense in the input's memory order
+// and dtype: the dy that the plain backward kernels then take.
+at::Tensor activation_dz(const BackwardProblem& bp, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace groupnorm_ext

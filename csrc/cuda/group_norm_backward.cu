@@ -9,7 +9,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../activation_aten.h"
 #include "../group_norm.h"
 #include "backward.h"
 #include "block_reduce.cuh"
@@ -174,10 +173,9 @@ BackwardResult group_norm_backward_cuda(const Tensor& grad_out, const Tensor& in
                                       weight, bias, num_groups, activation);
   const c10::cuda::CUDAGuard device_guard(input.device());
   if (bp.fwd.activation != Activation::Identity && input.numel() > 0) {
-    // A fused activation: the identity backward of z on dL/dz, which ATen's ops form first
-    // (z recomputed from x and the saved statistics; the CPU path does this in one loop).
-    bp.grad_out = activation_grad_aten(bp.grad_out, bp.fwd.input, bp.mean, bp.rstd, bp.fwd.weight, bp.fwd.bias,
-                                       bp.fwd.activation);
+    // A fused activation: the identity backward of z on dL/dz, formed first in one pass
+    // (backward_activation.cu; z recomputed from x and the saved statistics).
+    bp.grad_out = cuda::activation_dz(bp, at::cuda::getCurrentCUDAStream());
   }
   const ForwardProblem& p = bp.fwd;
   BackwardResult grads;

@@ -4,21 +4,12 @@
 // build information and the plan bindings the tests use.
 #include <torch/extension.h>
 
-#include "activation_aten.h"
 #include "groupnorm_ext/groupnorm_ext.h"
 
 namespace groupnorm_ext {
 void bind_plan(pybind11::module& m);  // plan_bindings.cpp
 int64_t cached_output_bytes();        // api.cpp (exported for this module, not in the public header)
 }  // namespace groupnorm_ext
-
-namespace {
-groupnorm_ext::Activation activation_named(const std::string& name) {
-  const auto act = groupnorm_ext::activation_from_name(name);
-  TORCH_CHECK(act.has_value(), "unknown activation '", name, "'");
-  return *act;
-}
-}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "groupnorm_ext: fused GroupNorm ops (registered as torch.ops.groupnorm_ext.*)";
@@ -43,16 +34,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       pybind11::call_guard<pybind11::gil_scoped_release>(),
       "torch.ops.groupnorm_ext.group_norm for eager callers that checked the argument types.");
-  // The ATen form of a fused activation's backward that the CUDA path runs (activation_aten.h),
-  // for the CPU tests to check against the CPU loops.
-  m.def(
-      "_activation_grad_aten",
-      [](const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& mean, const at::Tensor& rstd,
-         const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-         const std::string& activation) {
-        return groupnorm_ext::activation_grad_aten(grad_out, input, mean, rstd, weight.value_or(at::Tensor()),
-                                                   bias.value_or(at::Tensor()), activation_named(activation));
-      },
-      "dL/dz of a fused activation by ATen's ops (the CUDA backward's pre-pass; tests).");
   groupnorm_ext::bind_plan(m);
 }
