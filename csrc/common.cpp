@@ -205,6 +205,14 @@ Tensor empty_in_format(const Tensor& like, at::MemoryFormat format, at::ScalarTy
   return at::empty_strided(sizes, strides, like.options().dtype(dtype).memory_format(c10::nullopt));
 }
 
+namespace {
+// An uninitialised tensor with the strides of `dense` (sizes and strides of a dense tensor).
+Tensor empty_with_strides_of(const Tensor& dense, at::ScalarType dtype) {
+  if (dense.is_cpu()) return cpu::empty_output(dense.sizes(), dense.strides(), dtype);
+  return at::empty_strided(dense.sizes(), dense.strides(), dense.options().dtype(dtype).memory_format(c10::nullopt));
+}
+}  // namespace
+
 ForwardResult allocate_forward_outputs(const ForwardProblem& p, const Tensor& input) {
   const auto stats_opts = input.options().dtype(stats_dtype(input.scalar_type()));
   return {empty_in_format(input, p.format, input.scalar_type()),
@@ -216,7 +224,13 @@ bool allocate_backward_outputs(const ForwardProblem& p, const Tensor& input,
   Tensor& grad_input = std::get<0>(grads);
   Tensor& grad_weight = std::get<1>(grads);
   Tensor& grad_bias = std::get<2>(grads);
-  if (output_mask[0]) grad_input = empty_in_format(input, p.format, input.scalar_type());
+  // grad_input as torch's native_group_norm_backward makes it: with the strides of the input it
+  // reads (p.input: the caller's tensor when dense in its format, size-1 dims with any strides,
+  // else a dense copy), or, empty, torch's strides for the format.
+  if (output_mask[0]) {
+    grad_input = p.input.numel() > 0 ? empty_with_strides_of(p.input, input.scalar_type())
+                                     : empty_in_format(input, p.format, input.scalar_type());
+  }
   if (output_mask[1] && p.weight.defined()) grad_weight = at::empty_like(p.weight);
   if (output_mask[2] && p.bias.defined()) grad_bias = at::empty_like(p.bias);
   if (!grad_input.defined() && !grad_weight.defined() && !grad_bias.defined()) return false;

@@ -1,7 +1,6 @@
 """Fake (meta) kernels for every op, so that torch.compile and torch.export trace them
 without running them. They follow the C++ kernels' shape, dtype and layout rules."""
 import torch
-import torch._prims_common
 
 _LIB = "groupnorm_ext"
 
@@ -10,11 +9,47 @@ def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _channels_last_strides(sizes, strides, order) -> bool:
+    """c10's is_channels_last_strides_2d_s4 / _3d_s5 (c10/core/MemoryFormat.h), which
+    Tensor::suggest_memory_format reads and the C++ kernels follow: strides non-decreasing in
+    channels-last order, size-1 dims not scaling, ambiguous N111-like strides read as contiguous.
+    Written out rather than taken from torch._prims_common, whose copy of the rule differed
+    from C++ on some size-1 strides in torch releases this library still builds against."""
+    if strides[1] == 0:
+        return False
+    smallest = 0
+    for d in order:
+        if sizes[d] == 0 or strides[d] < smallest:
+            return False
+        if d == 0 and smallest == strides[1]:
+            return False
+        smallest = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return True
+
+
+def _suggest_memory_format(input: torch.Tensor) -> torch.memory_format:
+    """Tensor::suggest_memory_format: the layout torch's CPU group_norm gives its output."""
+    if input.dim() == 4 and _channels_last_strides(input.shape, input.stride(), (1, 3, 2, 0)):
+        return torch.channels_last
+    if input.dim() == 5 and _channels_last_strides(input.shape, input.stride(), (1, 4, 3, 2, 0)):
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def _empty_like_layout(input: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An empty tensor in the layout the kernels produce (csrc/common.cpp, empty_in_format): torch's
-    memory format for the input (input.suggest_memory_format(), which torch's CPU group_norm gives
-    its output), with torch's strides for it."""
-    memory_format = torch._prims_common.suggest_memory_format(input)
+    """The forward output's layout (csrc/common.cpp, empty_in_format): torch's memory format for
+    the input, with torch's strides for it."""
+    return torch.empty(input.shape, dtype=dtype, device=input.device, memory_format=_suggest_memory_format(input))
+
+
+def _empty_like_dense_input(input: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """grad_input's layout (csrc/common.cpp, allocate_backward_outputs): the strides of the input
+    as the kernels read it, the caller's tensor when it is already dense in its format (size-1
+    dims keep whatever strides they have, as in torch's backward), else a dense copy in that
+    format; torch's strides for the format when empty."""
+    memory_format = _suggest_memory_format(input)
+    if input.numel() > 0 and input.is_contiguous(memory_format=memory_format):
+        return torch.empty_strided(input.shape, input.stride(), dtype=dtype, device=input.device)
     return torch.empty(input.shape, dtype=dtype, device=input.device, memory_format=memory_format)
 
 
@@ -107,7 +142,7 @@ def _group_norm_backward_fake(grad_out, input, mean, rstd, weight, bias, num_gro
     torch._check(grad_out.shape == input.shape, lambda: "group_norm_backward: grad_out must have the input's shape")
     _check_like_input("mean", mean, input, (input.shape[0], num_groups))
     _check_like_input("rstd", rstd, input, (input.shape[0], num_groups))
-    grad_input = _empty_like_layout(input, input.dtype) if output_mask[0] else None
+    grad_input = _empty_like_dense_input(input, input.dtype) if output_mask[0] else None
     grad_weight = torch.empty_like(weight) if (output_mask[1] and weight is not None) else None
     grad_bias = torch.empty_like(bias) if (output_mask[2] and bias is not None) else None
     return grad_input, grad_weight, grad_bias

@@ -1,8 +1,7 @@
 """Fused activations (activation="silu" / "relu" / "gelu" / "gelu_tanh"): forward and backward
 against the fp64 reference followed by the activation in fp64, against torch's unfused
 composition, gradcheck / gradgradcheck in fp64, opcheck, torch.compile, torch.func, the
-module, and the ATen form of the activation that the CUDA path runs (checked here against
-the CPU loops). The CUDA cases run where a GPU is."""
+module. The CUDA cases run where a GPU is."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,6 +91,34 @@ def check_against_reference(shape, G, layout, dtype, activation, device):
     for name, got, want in zip(("grad_input", "grad_weight", "grad_bias"), grads, refs):
         assert got.dtype == dtype, name
         torch.testing.assert_close(got.cpu().double(), want, **activation_tol(dtype, grad=True), msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("affine", ["both", "weight_only", "bias_only", "none"])
+@pytest.mark.parametrize("dtype,param_dtype", [
+    (torch.float16, torch.float16), (torch.float64, torch.float64), (torch.bfloat16, torch.float32),
+    (torch.float16, torch.float32)], ids=["float16", "float64", "bf16_f32", "f16_f32"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_backward_values_for_every_dtype_and_affine(activation, layout, dtype, param_dtype, affine, device):
+    """The activation backward's values (the dL/dz pass, then the plain backward) for the dtypes
+    and affine cases the reference tests above leave out: float16 and float64, low-precision
+    input with float32 parameters, weight only, bias only, none; a vectorized shape (C * S a
+    multiple of every vector width) and one that is not."""
+    for shape, G in (((2, 16, 6, 4), 4), ((2, 6, 5, 3), 3)):
+        x = make_input(shape, dtype, layout, device=device, requires_grad=True)
+        w, b = make_affine(shape[1], param_dtype, device=device, requires_grad=True)
+        w = w if affine in ("both", "weight_only") else None
+        b = b if affine in ("both", "bias_only") else None
+        dy = make_grad_out(shape, dtype, layout, device=device)
+        y = groupnorm_ext.group_norm(x, G, w, b, 1e-5, activation)
+        leaves = [t for t in (x, w, b) if t is not None]
+        grads = torch.autograd.grad(y, leaves, dy)
+        refs = [r for r in ref_backward(x.detach().cpu(), G, None if w is None else w.detach().cpu(),
+                                        None if b is None else b.detach().cpu(), dy.cpu(), activation) if r is not None]
+        for got, want, leaf in zip(grads, refs, leaves):
+            assert got.dtype == leaf.dtype
+            torch.testing.assert_close(got.cpu().double(), want, **activation_tol(dtype, grad=True))
 
 
 @pytest.mark.parametrize("device", DEVICES)

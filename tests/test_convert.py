@@ -223,3 +223,28 @@ def test_convert_fuses_only_where_nothing_can_tell():
     assert model[8] is model[4]
     x = torch.randn(2, 4, 6)
     torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fusion_leaves_the_norm_object_unfused_for_its_other_references():
+    """Fusing puts a new module in the Sequential's slot (over the same Parameters): a norm also
+    used outside the converted part, or called directly, still computes the norm alone."""
+    gn = nn.GroupNorm(2, 4)
+    _randomize(gn)
+    model = nn.Sequential(nn.Sequential(gn, nn.SiLU()), nn.Sequential(gn, nn.Conv1d(4, 4, 1)))
+    x = torch.randn(2, 4, 6)
+    ref, ref_direct = model(x), gn(x)
+    groupnorm_ext.convert_group_norm(model[0], fuse_activations=True)
+    assert model[0][0] is not gn and model[0][0].activation == "silu" and model[0][0].weight is gn.weight
+    assert type(gn) is nn.GroupNorm and model[1][0] is gn
+    torch.testing.assert_close(model(x), ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(gn(x), ref_direct)
+    gn.register_buffer("extra", torch.ones(2))
+    gn.tag = "mine"
+    alone = nn.Sequential(gn, nn.ReLU())
+    groupnorm_ext.convert_group_norm(alone, fuse_activations=True)
+    assert alone[0].activation == "relu" and alone[0].tag == "mine" and list(alone.state_dict()) == [
+        "0.weight", "0.bias", "0.extra"]
+    alone[0].register_forward_hook(lambda *args: None)  # the copy's hooks are its own
+    assert not gn._forward_hooks
+    torch.testing.assert_close(gn(x), ref_direct)
+    torch.testing.assert_close(alone(x), torch.relu(ref_direct))

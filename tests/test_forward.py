@@ -1,6 +1,8 @@
 """Forward numerics: groupnorm_ext.group_norm equals the fp64 reference and torch's F.group_norm for every
 rank, group count, layout, dtype and affine combination; mean/rstd from group_norm_forward; memory format;
 empty batches."""
+import random
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -151,6 +153,12 @@ def _odd_layouts():
         ("channels_last_permuted_hw", randn(2, 6, 4, 5).contiguous(memory_format=torch.channels_last)
          .transpose(2, 3)),
         ("rank5_channels_innermost_2d_view", randn(2, 3, 4, 6).permute(0, 3, 1, 2).unsqueeze(2)),
+        # channels_last with a trailing size-1 dim: torch's C++ rule reads contiguous (some torch
+        # releases' Python copy of it, torch._prims_common, read channels_last_3d)
+        ("channels_last_unsqueezed", randn(2, 6, 4, 5).contiguous(memory_format=torch.channels_last).unsqueeze(-1)),
+        # dense, with a size-1 dim's stride not the standard one: grad_input keeps it, as torch's
+        ("odd_size1_stride", randn(100)[:24].as_strided((3, 1, 2, 4), (8, 4, 4, 1))),
+        ("odd_size1_stride_channels_last", randn(64)[:24].as_strided((2, 6, 2, 1), (12, 1, 6, 99))),
     ]
 
 
@@ -179,9 +187,12 @@ def test_output_layout_follows_torch_for_any_strides(name, x):
     raw = ops.group_norm_backward(dy, x, mean, rstd, w, b, G, "identity", [True, False, False])[0]
     assert raw.stride() == gt.stride()
     with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
-        fake_x = mode.from_tensor(x)
-        fake_y, _, _ = torch.ops.groupnorm_ext.group_norm_forward(fake_x, G, None, None, 1e-5, "identity")
+        fake_x, fake_dy = mode.from_tensor(x), mode.from_tensor(dy)
+        fake_y, fake_mean, fake_rstd = ops.group_norm_forward(fake_x, G, None, None, 1e-5, "identity")
         assert fake_y.stride() == theirs.stride(), (name, x.stride())
+        fake_gx = ops.group_norm_backward(fake_dy, fake_x, fake_mean, fake_rstd, None, None, G, "identity",
+                                          [True, False, False])[0]
+        assert fake_gx.stride() == gt.stride(), (name, x.stride())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -299,3 +310,43 @@ def test_small_contiguous_slabs(shape, G, dtype, affine):
     torch.testing.assert_close(out.double(), expected, **forward_tol(dtype, x, G, w))
     torch.testing.assert_close(mean.double().view(-1), exp_mean.reshape(-1), **STAT_TOLERANCES[stat_dtype(dtype)])
     torch.testing.assert_close(rstd.double().view(-1), exp_rstd.reshape(-1), **STAT_TOLERANCES[stat_dtype(dtype)])
+
+
+def _random_dense_views(count, seed):
+    """Dense inputs with random dim orders, sizes of 0 (batch) and 1, and arbitrary strides on size-1
+    dims (which a dense tensor may carry): the cases torch's layout rules settle one by one."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        rank = rng.choice([2, 3, 4, 5])
+        sizes = [rng.choice([0, 1, 2, 3]) if d == 0 else rng.choice([1, 1, 2, 3]) for d in range(rank)]
+        sizes[1] = rng.choice([1, 2, 4])
+        perm = list(range(rank))
+        rng.shuffle(perm)
+        base = torch.randn([sizes[p] for p in perm], generator=torch.Generator().manual_seed(rng.randrange(1 << 30)))
+        base = base.permute([perm.index(i) for i in range(rank)])
+        strides = [rng.choice([0, 1, 7, 99]) if s == 1 and rng.random() < 0.5 else st
+                   for s, st in zip(sizes, base.stride())]
+        yield base.as_strided(sizes, strides)
+
+
+def test_layouts_of_random_dense_views_are_torchs():
+    """y's and grad_input's strides are those torch's group_norm and its backward give, eagerly and
+    in the fake kernels, over random dense views (300 drawn, fixed seed)."""
+    for x in _random_dense_views(300, seed=66):
+        G = 2 if x.shape[1] % 2 == 0 else 1
+        if x.shape[0] * x.shape[1] // G == 1 and x[0, 0].numel() == 1:  # one value per group
+            continue
+        xo, xt = x.detach().requires_grad_(), x.detach().requires_grad_()
+        ours, theirs = groupnorm_ext.group_norm(xo, G), F.group_norm(xt, G)
+        assert ours.stride() == theirs.stride(), (x.shape, x.stride())
+        dy = torch.randn_like(theirs)
+        go, = torch.autograd.grad(ours, xo, dy)
+        gt, = torch.autograd.grad(theirs, xt, dy)
+        assert go.stride() == gt.stride(), (x.shape, x.stride())
+        torch.testing.assert_close(go, gt, rtol=1e-3, atol=1e-3)  # groups of 2-3 values: ill-conditioned
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+            fake_x, fake_dy = mode.from_tensor(x), mode.from_tensor(dy)
+            fake_y, fake_mean, fake_rstd = ops.group_norm_forward(fake_x, G, None, None, 1e-5, "identity")
+            fake_gx = ops.group_norm_backward(fake_dy, fake_x, fake_mean, fake_rstd, None, None, G, "identity",
+                                              [True, False, False])[0]
+        assert fake_y.stride() == theirs.stride() and fake_gx.stride() == gt.stride(), (x.shape, x.stride())

@@ -88,7 +88,7 @@ class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     // The bias's values matter to the backward only through a fused activation (z = xhat * w +
     // b). Without one it is not saved, as torch's native_group_norm does not save it: changing
     // it in place between forward and backward (an optimizer step, an EMA update) is then no
-    // error. The backward gets zeros of its dtype instead (for grad_bias's dtype).
+    // error. The backward gets an empty tensor of its dtype instead (for grad_bias's dtype).
     const bool save_bias = b.defined() && parse_activation("group_norm", activation) != Activation::Identity;
     ctx->saved_data["bias_dtype"] = b.defined() ? c10::IValue(b.scalar_type()) : c10::IValue();
     ctx->save_for_backward({input, mean, rstd, w, save_bias ? b : Tensor()});
@@ -100,8 +100,10 @@ class GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
     const Tensor &input = saved[0], &mean = saved[1], &rstd = saved[2];
     const Tensor& weight = saved[3];
     Tensor bias = saved[4];
-    if (!bias.defined() && !ctx->saved_data["bias_dtype"].isNone()) {  // not saved: values unused
-      bias = at::zeros({input.size(1)}, input.options().dtype(ctx->saved_data["bias_dtype"].toScalarType()));
+    if (!bias.defined() && !ctx->saved_data["bias_dtype"].isNone()) {
+      // Not saved (no activation): the backward reads only its dtype and presence, never its
+      // values, so no fill (on CUDA a kernel launch per layer).
+      bias = at::empty({input.size(1)}, input.options().dtype(ctx->saved_data["bias_dtype"].toScalarType()));
     }
     const int64_t G = ctx->saved_data["num_groups"].toInt();
     const std::string activation = ctx->saved_data["activation"].toStringRef();
