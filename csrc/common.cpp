@@ -26,8 +26,12 @@ namespace {
 
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 14)
 constexpr bool kRejectsEmptyChannelsOrSpatial = true;
+// native_group_norm_backward's grad_input: from 2.14 with the strides of the input it reads
+// (size-1 dims included) when not empty, before with the standard strides of its format.
+constexpr bool kGradInputKeepsInputStrides = true;
 #else
 constexpr bool kRejectsEmptyChannelsOrSpatial = false;
+constexpr bool kGradInputKeepsInputStrides = false;
 #endif
 
 bool is_supported_dtype(at::ScalarType t) {
@@ -224,12 +228,14 @@ bool allocate_backward_outputs(const ForwardProblem& p, const Tensor& input,
   Tensor& grad_input = std::get<0>(grads);
   Tensor& grad_weight = std::get<1>(grads);
   Tensor& grad_bias = std::get<2>(grads);
-  // grad_input as torch's native_group_norm_backward makes it: with the strides of the input it
-  // reads (p.input: the caller's tensor when dense in its format, size-1 dims with any strides,
-  // else a dense copy), or, empty, torch's strides for the format.
+  // grad_input as the torch built against makes it in native_group_norm_backward: from 2.14 with
+  // the strides of the input it reads (p.input: the caller's tensor when dense in its format,
+  // size-1 dims with any strides, else a dense copy) unless empty, else torch's strides for
+  // the format.
   if (output_mask[0]) {
-    grad_input = p.input.numel() > 0 ? empty_with_strides_of(p.input, input.scalar_type())
-                                     : empty_in_format(input, p.format, input.scalar_type());
+    grad_input = kGradInputKeepsInputStrides && p.input.numel() > 0
+                     ? empty_with_strides_of(p.input, input.scalar_type())
+                     : empty_in_format(input, p.format, input.scalar_type());
   }
   if (output_mask[1] && p.weight.defined()) grad_weight = at::empty_like(p.weight);
   if (output_mask[2] && p.bias.defined()) grad_bias = at::empty_like(p.bias);

@@ -43,12 +43,12 @@ def _empty_like_layout(input: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _empty_like_dense_input(input: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """grad_input's layout (csrc/common.cpp, allocate_backward_outputs): the strides of the input
-    as the kernels read it, the caller's tensor when it is already dense in its format (size-1
-    dims keep whatever strides they have, as in torch's backward), else a dense copy in that
-    format; torch's strides for the format when empty."""
+    """grad_input's layout (csrc/common.cpp, allocate_backward_outputs): from torch 2.14 the strides
+    of the input as the kernels read it, the caller's tensor when it is already dense in its
+    format (size-1 dims keep whatever strides they have, as in torch's backward), else a dense
+    copy in that format; torch's strides for the format when empty, and before 2.14."""
     memory_format = _suggest_memory_format(input)
-    if input.numel() > 0 and input.is_contiguous(memory_format=memory_format):
+    if _GRAD_INPUT_KEEPS_INPUT_STRIDES and input.numel() > 0 and input.is_contiguous(memory_format=memory_format):
         return torch.empty_strided(input.shape, input.stride(), dtype=dtype, device=input.device)
     return torch.empty(input.shape, dtype=dtype, device=input.device, memory_format=memory_format)
 
@@ -67,6 +67,8 @@ def _check_activation(op, activation):
 # torch's group_norm rejects C == 0 and a spatial size of 0 from 2.14 on (csrc/common.cpp follows
 # the torch it is built against, and so do these checks).
 _REJECTS_EMPTY_CHANNELS_OR_SPATIAL = torch.torch_version.TorchVersion(torch.__version__) >= (2, 14)
+# ... and keeps the strides of its input in grad_input (csrc/common.cpp, allocate_backward_outputs).
+_GRAD_INPUT_KEEPS_INPUT_STRIDES = _REJECTS_EMPTY_CHANNELS_OR_SPATIAL
 
 
 def _check_param(name, param, input):
