@@ -105,7 +105,10 @@ void launch_tiled_elementwise(const GroupNormShape& sh, const T* const (&in)[NIN
   for (int i = 0; i < NIN; ++i) vectorized = vectorized && aligned_to(in[i], kVecBytes);
   auto launch = [&](auto vec_tag) {
     constexpr int V = decltype(vec_tag)::value;
-    constexpr int64_t kTile = int64_t(kElementwiseThreads) * V * kElementwiseUnroll;
+    // Single float64 elements: two per thread in flight, not four (the float64 gelu gradient,
+    // erfc and exp per element, kept a value on the stack across erfc's branches with four).
+    constexpr int U = V == 1 && sizeof(T) == 8 ? 2 : kElementwiseUnroll;
+    constexpr int64_t kTile = int64_t(kElementwiseThreads) * V * U;
     ElementwiseArgs<T, NIN> a;
     for (int i = 0; i < NIN; ++i) a.in[i] = in[i];
     a.out = out;
@@ -122,7 +125,7 @@ void launch_tiled_elementwise(const GroupNormShape& sh, const T* const (&in)[NIN
       a.vec_channels = sh.C % V == 0 ? VecChannels::kConsecutive : VecChannels::kGeneral;
     }
     const unsigned blocks = grid_for(a.total_tiles, num_sms() * 8);
-    tiled_elementwise_kernel<T, V, kElementwiseUnroll, kElementwiseThreads, NIN>
+    tiled_elementwise_kernel<T, V, U, kElementwiseThreads, NIN>
         <<<blocks, kElementwiseThreads, 0, stream>>>(a, op);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
