@@ -192,10 +192,18 @@ BackwardProblem check_backward(const char* op, const Tensor& grad_out, const Ten
   return b;
 }
 
+namespace {
+// An uninitialised output on `like`'s device: large CPU outputs from the output pool
+// (cpu/output_pool.h), the rest from at::empty_strided.
+Tensor empty_output_strided(at::IntArrayRef sizes, at::IntArrayRef strides, const Tensor& like, at::ScalarType dtype) {
+  if (like.is_cpu()) return cpu::empty_output(sizes, strides, dtype);
+  return at::empty_strided(sizes, strides, like.options().dtype(dtype).memory_format(c10::nullopt));
+}
+}  // namespace
+
 Tensor empty_in_format(const Tensor& like, at::MemoryFormat format, at::ScalarType dtype) {
   // torch's strides for the format (at::empty(..., memory_format) computes the same), so
-  // that size-1 dims get torch's strides too. Large CPU outputs come from the output pool
-  // (cpu/output_pool.h); the rest from at::empty_strided.
+  // that size-1 dims get torch's strides too.
   const at::IntArrayRef sizes = like.sizes();
   std::vector<int64_t> strides;
   if (format == at::MemoryFormat::ChannelsLast) {
@@ -205,17 +213,8 @@ Tensor empty_in_format(const Tensor& like, at::MemoryFormat format, at::ScalarTy
   } else {
     strides = dense_contiguous_strides(sizes);
   }
-  if (like.is_cpu()) return cpu::empty_output(sizes, strides, dtype);
-  return at::empty_strided(sizes, strides, like.options().dtype(dtype).memory_format(c10::nullopt));
+  return empty_output_strided(sizes, strides, like, dtype);
 }
-
-namespace {
-// An uninitialised tensor with the strides of `dense` (sizes and strides of a dense tensor).
-Tensor empty_with_strides_of(const Tensor& dense, at::ScalarType dtype) {
-  if (dense.is_cpu()) return cpu::empty_output(dense.sizes(), dense.strides(), dtype);
-  return at::empty_strided(dense.sizes(), dense.strides(), dense.options().dtype(dtype).memory_format(c10::nullopt));
-}
-}  // namespace
 
 ForwardResult allocate_forward_outputs(const ForwardProblem& p, const Tensor& input) {
   const auto stats_opts = input.options().dtype(stats_dtype(input.scalar_type()));
@@ -234,7 +233,7 @@ bool allocate_backward_outputs(const ForwardProblem& p, const Tensor& input,
   // the format.
   if (output_mask[0]) {
     grad_input = kGradInputKeepsInputStrides && p.input.numel() > 0
-                     ? empty_with_strides_of(p.input, input.scalar_type())
+                     ? empty_output_strided(p.input.sizes(), p.input.strides(), p.input, input.scalar_type())
                      : empty_in_format(input, p.format, input.scalar_type());
   }
   if (output_mask[1] && p.weight.defined()) grad_weight = at::empty_like(p.weight);
