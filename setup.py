@@ -9,8 +9,11 @@ sm_80, sm_90, sm_100 + PTX). MAX_JOBS bounds parallel compile jobs.
 import glob
 import os
 import re
+import shlex
 import shutil
+import subprocess
 import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -102,6 +105,29 @@ LIBRARY_FILE = "libgroupnorm_ext.so"
 
 
 
+def shared_libstdcxx_link_args():
+    """libstdc++ as a shared library, named by its path, for both of our libraries on Linux.
+
+    torch and every other extension in the process use the one libstdc++.so.6. A toolchain
+    that links libstdc++ statically (-static-libstdc++ from LDFLAGS, a compiler wrapper or
+    its specs; seen on a GPU machine's g++ 13) puts a second copy inside our library: C++
+    objects that cross over (the stream c10::str formats an error message in, with its
+    locale's facets; exceptions) then meet the other copy's data, and a shape error's
+    message lost its numbers (g++ 12) or crashed the process (g++ 13). Named before the
+    compiler's own -lstdc++, the shared library satisfies every reference, so nothing is
+    taken from the archive. Skipped where the compiler does not know the file (not GCC's
+    libstdc++, not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return []
+    cxx = os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+    try:
+        found = subprocess.run(shlex.split(cxx) + ["-print-file-name=libstdc++.so.6"], capture_output=True,
+                               text=True, timeout=60).stdout.strip()
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return []
+    return [os.path.realpath(found)] if os.path.isabs(found) and os.path.isfile(found) else []
+
+
 def aten_uses_openmp():
     """Whether the installed torch's ATen parallelizes with OpenMP (ATen/Config.h)."""
     import torch
@@ -143,6 +169,8 @@ def build_extensions():
     library_link_args += [f"-Wl,-rpath,{d}" for d in library_runtime_dirs(with_cuda)]
     if aten_uses_openmp():
         library_link_args.append("-fopenmp")
+    libstdcxx = shared_libstdcxx_link_args()
+    library_link_args += libstdcxx
     if with_cuda:
         cu_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
                             glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
@@ -168,7 +196,7 @@ def build_extensions():
     library.libraries = [lib for lib in library.libraries if lib != "torch_python"]
     module = cpp_extension.CppExtension(
         "groupnorm_ext._C", python_sources, include_dirs=list(include_dirs),
-        libraries=["groupnorm_ext"], extra_link_args=["-Wl,-rpath,$ORIGIN/lib"],
+        libraries=["groupnorm_ext"], extra_link_args=["-Wl,-rpath,$ORIGIN/lib"] + libstdcxx,
         extra_compile_args={"cxx": cxx_flags})
     print(f"groupnorm_ext: building {'CUDA + CPU' if with_cuda else 'CPU-only'} op library"
           + (f" (CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})"

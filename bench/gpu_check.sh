@@ -5,7 +5,8 @@
 #    downloads), for this GPU's architecture only;
 # 2. runs every CUDA test (pytest -k cuda: tests/test_cuda.py and the CUDA cases of the others);
 # 3. runs compute-sanitizer memcheck and racecheck on bench/gpu_sanitize.py;
-# 4. runs the GPU benchmark (bench/bench.py --device cuda) and writes its Markdown table.
+# 4. runs the GPU benchmark (bench/bench.py --device cuda) and writes its Markdown table
+#    (SKIP_BENCH=1 leaves it out);
 # Logs and the table go to OUT_DIR (default: $OUT, else bench/results/gpu-check). Each step has
 # a time limit so that the whole check fits one 10-minute call; the exit status is non-zero
 # when any step failed. BENCH_ARGS adds arguments to bench.py (default: --reps 20);
@@ -38,6 +39,11 @@ nvcc --version | tail -2 || true
 # the host compiler the build will use (a crash seen only with the machine's own build: see
 # bench/results/cuda-notes.md)
 ${CXX:-c++} --version | head -1 || true
+# (a wrapper script around the real compiler shows here; a static libstdc++ link is undone by
+# setup.py, tests/test_linkage.py checks it)
+cxx_path=$(readlink -f "$(command -v ${CXX:-c++})"); echo "compiler: $cxx_path"
+[ "$(head -c2 "$cxx_path" 2>/dev/null)" = "#!" ] && grep -vE "^\s*#|^\s*$" "$cxx_path" | cut -c1-200 | head -8
+env | grep -E "^(CXX|CC|LDFLAGS|CXXFLAGS|CFLAGS)=" || true
 ARCH=$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
 
 step "build (TORCH_CUDA_ARCH_LIST=$ARCH)"
@@ -77,19 +83,21 @@ for call in (lambda: g.group_norm(torch.randn(6), 3), lambda: torch.ops.groupnor
     grep -E "^#[0-9]+ " "$OUT_DIR/cpu-crash-bt.log" | cut -c1-220 | head -40
   fi
   timeout $(limit 90) $PY -X faulthandler -m pytest -q -p no:cacheprovider -k "not cuda" \
-      tests/test_bad_input.py tests/test_errors.py >"$OUT_DIR/cpu-errors.log" 2>&1
+      tests/test_linkage.py tests/test_bad_input.py tests/test_errors.py >"$OUT_DIR/cpu-errors.log" 2>&1
   rc=$?; [ $rc -ne 0 ] && status=1
   grep -E "^(FAILED|ERROR)|^Fatal Python|File .*tests/test_" "$OUT_DIR/cpu-errors.log" | cut -c1-200 | head -20
   tail -1 "$OUT_DIR/cpu-errors.log"; echo "exit $rc"
 fi
 
-step benchmark
 MACHINE=$($PY -c 'import re, torch; print(re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-"))')
+if [ -z "${SKIP_BENCH:-}" ]; then
+step benchmark
 timeout $(limit ${BENCH_TIMEOUT:-300}) $PY bench/bench.py --device cuda ${BENCH_ARGS:---reps 20} \
     --out "$OUT_DIR/$MACHINE.md" --save "$OUT_DIR/$MACHINE.json" 2>"$OUT_DIR/bench-progress.log" \
     | tail -n +3 >"$OUT_DIR/bench-stdout.log" || status=1
 grep -E "ERROR|MISMATCH" "$OUT_DIR/bench-progress.log" | head -20
 cat "$OUT_DIR/$MACHINE.md" 2>/dev/null | head -80
+fi
 step "compute-sanitizer"
 for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
   timeout $(limit ${SANITIZER_TIMEOUT:-100}) compute-sanitizer --tool $tool --error-exitcode 9 \
