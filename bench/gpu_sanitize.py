@@ -18,6 +18,8 @@ CASES = [  # (shape, G, layout, dtype)
     ((4, 8, 33), 2, "contiguous", torch.float64),
     ((1, 32, 16, 16), 1, "channels_last", torch.float32),
     ((2, 64, 8, 8), 8, "channels_last", torch.bfloat16),   # single-read NSC forward over a cluster
+    ((2, 640, 8, 8), 32, "channels_last", torch.float16),   # single-read, one element per load, cluster
+    ((1, 6, 50, 70), 1, "channels_last", torch.float32),    # unvectorizable slab over the on-chip limit
 ]
 
 

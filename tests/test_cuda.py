@@ -135,7 +135,10 @@ def test_group_larger_than_a_block(layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
-@pytest.mark.parametrize("shape,G", [((2, 6, 5, 3), 3), ((3, 64, 7, 9), 32), ((2, 16, 4, 4, 5), 4), ((4, 8, 33), 2)],
+# (the small ones take the single-read forward with one element per load; the last, over 2^20
+# elements, the chunked path's unaligned loads)
+@pytest.mark.parametrize("shape,G", [((2, 6, 5, 3), 3), ((3, 64, 7, 9), 32), ((2, 16, 4, 4, 5), 4), ((4, 8, 33), 2),
+                                     ((2, 64, 96, 96), 32)],
                          ids=lambda v: shape_id(v) if isinstance(v, tuple) else f"G{v}")
 def test_misaligned_views(shape, G, dtype):
     # x[..., 1:]: storage offset 1 and odd row pitch, so no vectorised load is aligned
@@ -217,7 +220,7 @@ PATH_CASES = [
     ((1, 32, 160, 160), 1, "channels_last", torch.float32, None),      # NSC, G=1, 100 chunks
     ((2, 4096, 3, 5), 32, "channels_last", torch.float32, None),       # C too large for shared slots
     ((1, 8192, 2, 2), 64, "channels_last", torch.bfloat16, None),      # C >= the elementwise tile
-    ((2, 1280, 16, 16), 64, "channels_last", torch.bfloat16, torch.float32),  # cols > threads (D % 8: not fused)
+    ((4, 1280, 16, 16), 64, "channels_last", torch.bfloat16, torch.float32),  # cols > threads (D % 8, > 2^20: chunked)
     ((4, 1280, 8, 8), 32, "channels_last", torch.float32, None),       # fused NSC, rows of 10 vectors, cluster 2
     ((1, 64, 64, 64), 4, "channels_last", torch.float32, None),        # fused NSC, 64K slab over a cluster of 8
     ((2, 64, 32, 32), 4, "channels_last", torch.bfloat16, torch.float32),  # fused NSC, float32 affine
@@ -227,6 +230,11 @@ PATH_CASES = [
     ((2, 16, 5000), 4, "contiguous", torch.float16, None),             # rank 3, slab 20000 (cluster)
     ((1, 4, 3, 100, 100), 2, "channels_last_3d", torch.float32, None),
     ((5, 7), 7, "contiguous", torch.float32, None),                    # rank 2, one element per group
+    # fused with one element per load (small inputs whose slabs do not split into vectors)
+    ((8, 64, 8, 8), 64, "channels_last", torch.float32, None),         # G == C: one channel per row
+    ((4, 640, 16, 16), 32, "channels_last", torch.float16, None),      # rows of 20 channels, cluster of 8
+    ((3, 10, 7, 9), 5, "contiguous", torch.bfloat16, torch.float32),   # odd slab (126 elements)
+    ((1, 6, 50, 70), 1, "channels_last", torch.float32, None),         # 21000 > 16384 scalars: chunked
 ]
 
 

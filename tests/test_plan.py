@@ -191,7 +191,10 @@ def test_tile_channels(N, C, S, channels_last, tile):
 
 
 @pytest.mark.parametrize("N,C,S,G,vec", [(2, 6, 4, 3, 2), (1, 8, 8, 2, 4), (3, 40, 5, 5, 8), (2, 1280, 3, 32, 4),
-                                          (2, 64, 7, 4, 8), (1, 4, 9, 1, 4), (2, 16, 6, 2, 8)])
+                                          (2, 64, 7, 4, 8), (1, 4, 9, 1, 4), (2, 16, 6, 2, 8),
+                                          # one element per vector (slabs that do not split into
+                                          # vectors): G == C, rows of 20 channels, odd slabs
+                                          (3, 8, 5, 8, 1), (2, 640, 3, 32, 1), (2, 10, 7, 5, 1)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_slab_vectors(N, C, S, G, vec, channels_last):
     # the single-read CUDA forward's walk of each slab: every element of the tensor exactly once,
