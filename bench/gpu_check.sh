@@ -151,11 +151,13 @@ if [ -z "${SKIP_CPU_TESTS:-}" ]; then
   xdist=$($PY -c 'import xdist' 2>/dev/null && echo "-n $workers")
   [ -n "$xdist" ] && export OMP_NUM_THREADS=$(( $(nproc) / workers > 0 ? $(nproc) / workers : 1 ))
   if time_for 40; then
-    timeout $(limit ${CPU_TEST_TIMEOUT:-180}) $PY -X faulthandler -m pytest -q -p no:cacheprovider $xdist \
+    # -v: one line per test as it ends, so a run stopped at the deadline still names its failures
+    timeout $(limit ${CPU_TEST_TIMEOUT:-180}) $PY -X faulthandler -m pytest -v -p no:cacheprovider $xdist \
         -k "not cuda" -m "not large" --ignore=tests/test_cpp_deploy.py --ignore=tests/test_distributed.py tests \
         >"$OUT_DIR/cpu-tests.log" 2>&1
     rc=$?; [ $rc -ne 0 ] && status=1
-    grep -E "^(FAILED|ERROR)|^Fatal Python|crashed while running" "$OUT_DIR/cpu-tests.log" | cut -c1-240 | head -30
+    grep -E "^(FAILED|ERROR)|^Fatal Python|crashed while running| (FAILED|ERROR) tests/" "$OUT_DIR/cpu-tests.log" \
+        | cut -c1-240 | head -30
     tail -2 "$OUT_DIR/cpu-tests.log"; echo "exit $rc"
   fi
 fi
