@@ -13,6 +13,9 @@
 # SANITIZER_TOOLS picks the compute-sanitizer tools (default: memcheck racecheck);
 # COMPILE_FILTER (a --filter regex) adds a torch.compile comparison on those cases;
 # UNFUSED_FILTER (a --filter regex) times those cases again with GROUPNORM_EXT_CUDA_FUSED=0;
+# VARIANT_ENV="NAME=VALUE ..." with VARIANT_FILTER (a --filter regex) times those cases again
+#   under those environment variables, compared with the main run's times (e.g.
+#   VARIANT_ENV=GROUPNORM_EXT_CUDA_REVERSE_PASSES=0: the elementwise passes walking forward);
 # PROFILE=1 adds Nsight Compute counters per kernel (bench/gpu_profile.py; ncu.md, ncu.csv);
 # 5. runs the CPU tests under the machine's own torch (SKIP_CPU_TESTS=1 leaves them out): first the
 #    1-D input case that crashed only there (with a cuda-gdb backtrace on a crash), then the rest.
@@ -127,6 +130,19 @@ if [ -n "${UNFUSED_FILTER:-}" ]; then
         >/dev/null || status=1
   fi
   grep -E "^\|" "$OUT_DIR/$MACHINE-unfused.md" 2>/dev/null | grep -E "fwd \|" | head -30
+fi
+
+# Optional: the same cases under other environment variables (a kernel choice with an env switch),
+# with a comparison against the main run's times (its JSON)
+if [ -n "${VARIANT_ENV:-}" ] && [ -n "${VARIANT_FILTER:-}" ]; then
+  step "benchmark variant: $VARIANT_ENV ($VARIANT_FILTER)"
+  if time_for 40; then
+    compare=$([ -f "$OUT_DIR/$MACHINE.json" ] && echo "--compare $OUT_DIR/$MACHINE.json")
+    env $VARIANT_ENV timeout $(limit ${BENCH_TIMEOUT:-300}) $PY bench/bench.py --device cuda \
+        --filter "$VARIANT_FILTER" --reps 20 $compare --out "$OUT_DIR/$MACHINE-variant.md" \
+        2>>"$OUT_DIR/bench-progress.log" >/dev/null || status=1
+  fi
+  sed -n '/## comparison/,$p' "$OUT_DIR/$MACHINE-variant.md" 2>/dev/null | head -40
 fi
 
 # Optional: Nsight Compute counters per kernel on a few large cases (PROFILE=1; ~1-2 min)
