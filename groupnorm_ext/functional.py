@@ -59,6 +59,8 @@ def group_norm(
     shape = input.shape
     if len(shape) >= 2 and shape[0] == 1 and 0 < num_groups and shape[1] < 2 * num_groups:
         _check_more_than_one_value_per_group(shape, num_groups)
+    if num_groups == 0 and len(shape) >= 2 and not torch.jit.is_scripting():
+        raise ZeroGroupsError("Expected num groups to be greater than 0, got 0")
     act = "identity" if activation is None else activation
     if not torch.jit.is_scripting():
         if not (torch.compiler.is_compiling() or type(input) is not Tensor or torch._C._get_tracing_state()):
@@ -74,6 +76,12 @@ def group_norm(
             # to ask, hence only on the tracing paths.)
             return _torch_activation(torch.nn.functional.group_norm(input, num_groups, weight, bias, eps), act)
     return torch.ops.groupnorm_ext.group_norm(input, num_groups, weight, bias, eps, act)
+
+
+class ZeroGroupsError(ZeroDivisionError, RuntimeError):
+    """num_groups == 0. torch.nn.functional.group_norm dies with ZeroDivisionError there
+    (input.size(1) // 0 in its Python prelude), torch.group_norm and the op itself raise
+    RuntimeError with this message: code written against either catches this one."""
 
 
 def _torch_activation(y: Tensor, activation: str) -> Tensor:

@@ -428,3 +428,22 @@ def test_backward_op_misuse_raises_like_torch(name, make):
         ops.group_norm_backward(gy, xx, mm, rr, None, None, 3, "identity", mask)
     assert isinstance(ours.value, theirs.type), (
         f"{name}: raised {ours.type.__name__} ({ours.value}), torch raises {theirs.type.__name__} ({theirs.value})")
+
+
+def test_zero_groups_is_caught_as_either_of_torchs_exceptions():
+    """num_groups = 0: F.group_norm raises ZeroDivisionError (its Python prelude divides by it),
+    torch.group_norm RuntimeError; code written against either catches ours, whose message is
+    torch.group_norm's."""
+    x = torch.randn(2, 6, 4)
+    with pytest.raises(Exception) as functional:
+        F.group_norm(x, 0)
+    with pytest.raises(Exception) as binding:
+        torch.group_norm(x, 0)
+    with pytest.raises(Exception) as ours:
+        groupnorm_ext.group_norm(x, 0)
+    assert isinstance(ours.value, functional.type) and isinstance(ours.value, binding.type), (
+        type(ours.value).__mro__, functional.type, binding.type)
+    assert str(ours.value) == str(binding.value)
+    # the raw op raises what torch's op raises
+    with pytest.raises(RuntimeError, match="num groups"):
+        torch.ops.groupnorm_ext.group_norm(x, 0, None, None, 1e-5, "identity")
