@@ -4,7 +4,8 @@
 # 1. builds the extension in place with this machine's own python3 and torch (no venv, no
 #    downloads), for this GPU's architecture only;
 # 2. runs every CUDA test (pytest -k cuda: tests/test_cuda.py and the CUDA cases of the others);
-# 3. runs compute-sanitizer memcheck and racecheck on bench/gpu_sanitize.py;
+# 3. runs compute-sanitizer memcheck and racecheck on bench/gpu_sanitize.py, then the CUDA tests
+#    over 2^31 elements (tests/test_large_tensor.py);
 # 4. runs the GPU benchmark (bench/bench.py --device cuda) and writes its Markdown table
 #    (SKIP_BENCH=1 leaves it out);
 # Logs and the table go to OUT_DIR (default: $OUT, else bench/results/gpu-check). Each step has
@@ -110,6 +111,16 @@ for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
   tail -2 "$OUT_DIR/sanitizer-$tool.log"
 done
 
+# More than 2^31 elements on the GPU (tests/test_large_tensor.py's CUDA cases: a 4.3 GB bfloat16
+# input, contiguous and channels_last): the kernels' 64-bit offsets
+step "CUDA tests over 2^31 elements"
+if time_for 60; then
+  timeout $(limit ${LARGE_TEST_TIMEOUT:-150}) $PY -m pytest -q -p no:cacheprovider -m large -k cuda \
+      tests/test_large_tensor.py >"$OUT_DIR/large-tests.log" 2>&1 || status=1
+  grep -E "^(FAILED|ERROR)|^E  " "$OUT_DIR/large-tests.log" | cut -c1-200 | head -10
+  tail -1 "$OUT_DIR/large-tests.log"
+fi
+
 # Optional: torch.compile on a few cases (each compiles for ~20 s), e.g. COMPILE_FILTER='seed|512x512'
 if [ -n "${COMPILE_FILTER:-}" ]; then
   step "benchmark vs torch.compile ($COMPILE_FILTER)"
@@ -180,6 +191,6 @@ fi
 
 # the logs in one archive (a results folder then holds: table .md/.png/.json + logs.tar.gz)
 (cd "$OUT_DIR" && tar czf logs.tar.gz ./*.log static_check.md ncu.csv 2>/dev/null; rm -f build.log tests.log \
-    sanitizer-*.log bench-*.log ncu-stderr.log static_check.md ncu.csv cpu-tests.log cpu-errors.log cpu-crash-bt.log)
+    sanitizer-*.log bench-*.log large-tests.log ncu-stderr.log static_check.md ncu.csv cpu-tests.log cpu-errors.log cpu-crash-bt.log)
 echo; echo "gpu_check: $([ $status -eq 0 ] && echo PASSED || echo FAILED) ($(date +%T))"
 exit $status

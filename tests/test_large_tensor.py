@@ -11,7 +11,9 @@ windows spread over the tensor. The expected statistics come from a chunked floa
 (per-piece float64 sums, done while each tile is generated, combined with Chan's formula); no float64 copy
 of the whole tensor is ever made. The input has a different offset in every 2^22-element tile (a ramp),
 so an index that wraps at 2^31 or 2^32 reads other values and shows.
-Marked `large` (deselect with -m "not large"); skipped when the machine lacks the memory.
+Each test runs on the CPU and, with a GPU of enough free memory, on CUDA (the same input copied to the
+device: the CUDA kernels' 64-bit offsets). Marked `large` (deselect with -m "not large"); skipped when the
+machine lacks the memory.
 """
 import gc
 import math
@@ -97,6 +99,21 @@ def big_input():
     gc.collect()
 
 
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda")]
+
+
+def on_device(x, device):
+    """x on `device` (skipping when CUDA is missing or lacks the memory for input and output)."""
+    if device == "cpu":
+        return x
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    free, _ = torch.cuda.mem_get_info()
+    if free < 2 * x.numel() * x.element_size() + (1 << 30):
+        pytest.skip(f"needs ~{(2 * x.numel() * x.element_size() + (1 << 30)) / 2**30:.1f} GiB of GPU memory")
+    return x.to(device)
+
+
 def rstd_of(moments, eps):
     n, _, m2 = moments
     return 1.0 / math.sqrt(m2 / n + eps)
@@ -118,18 +135,19 @@ def check_slice(out_flat, x_flat, begin, end, channel_of, mean, rstd, w, b, what
     c = channel_of(idx)
     xs = x_flat[begin:end].double()
     expected = (xs - mean[c]) * rstd[c] * w[c] + b[c]
-    got = out_flat[begin:end].double()
+    got = out_flat[begin:end].double().cpu()
     torch.testing.assert_close(got, expected, **TOLERANCES[torch.bfloat16],
                                msg=lambda m: f"{what}: output[{begin}:{end}]: {m}")
 
 
-def test_more_than_2_31_elements_contiguous_two_groups(big_input):
+@pytest.mark.parametrize("device", DEVICES)
+def test_more_than_2_31_elements_contiguous_two_groups(big_input, device):
     big_input, reference_moments = big_input
-    x = big_input.view(1, 2, S)
+    x = on_device(big_input, device).view(1, 2, S)
     eps = 1e-5
     w = torch.tensor([1.5, -0.5])
     b = torch.tensor([0.25, -1.0])
-    out, mean, rstd = ops.group_norm_forward(x, 2, w, b, eps, "identity")
+    out, mean, rstd = ops.group_norm_forward(x, 2, w.to(device), b.to(device), eps, "identity")
     try:
         assert out.shape == x.shape and out.dtype == torch.bfloat16 and out.is_contiguous()
         exp = [(m[1], rstd_of(m, eps)) for m in reference_moments]
@@ -145,14 +163,15 @@ def test_more_than_2_31_elements_contiguous_two_groups(big_input):
         for begin, end, where in WINDOWS:
             check_slice(o, xf, begin, end, channel_of, ref_mean, ref_rstd, w64, b64, f"G=2 {where}")
     finally:
-        del out
+        del out, x
         gc.collect()
 
 
-def test_more_than_2_31_elements_channels_last_one_group(big_input):
+@pytest.mark.parametrize("device", DEVICES)
+def test_more_than_2_31_elements_channels_last_one_group(big_input, device):
     big_input, reference_moments = big_input
     # (1, C, S2, 1) logical, stored as (1, S2, 1, C): element (0, c, s, 0) at flat offset C * s + c
-    x = big_input.view(1, NUMEL // NSC_C, 1, NSC_C).permute(0, 3, 1, 2)
+    x = on_device(big_input, device).view(1, NUMEL // NSC_C, 1, NSC_C).permute(0, 3, 1, 2)
     assert not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     assert x.shape == (1, NSC_C, NUMEL // NSC_C, 1)
     eps = 1e-5
@@ -173,5 +192,5 @@ def test_more_than_2_31_elements_channels_last_one_group(big_input):
         for begin, end, where in WINDOWS:
             check_slice(o, big_input, begin, end, channel_of, m64, r64, one, zero, f"G=1 NSC {where}")
     finally:
-        del out
+        del out, x
         gc.collect()
