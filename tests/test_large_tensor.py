@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import groupnorm_ext  # noqa: F401
-from reference import TOLERANCES
+from reference import GRAD_TOLERANCES, TOLERANCES
 
 pytestmark = pytest.mark.large
 ops = torch.ops.groupnorm_ext
@@ -73,9 +73,10 @@ def combine(a, b):
 
 @pytest.fixture(scope="module")
 def big_input():
-    """(x, moments): x the flat bfloat16 input of NUMEL elements; moments the float64 (count, mean, M2) of
-    each half (the two groups of the contiguous (1, 2, S) view), computed tile by tile while each tile is
-    written (still in cache), never from a float64 copy of the whole tensor."""
+    """(x, moments, tile_sums): x the flat bfloat16 input of NUMEL elements; moments the float64 (count,
+    mean, M2) of each half (the two groups of the contiguous (1, 2, S) view), computed tile by tile while
+    each tile is written (still in cache), never from a float64 copy of the whole tensor; tile_sums[k][g]
+    the float64 sum of x over tile k's part of group g (for the backward's reference)."""
     avail = mem_available_bytes()
     if avail is not None and avail < NEEDED_BYTES:
         pytest.skip(f"needs ~{NEEDED_BYTES / 2**30:.1f} GiB of free memory, {avail / 2**30:.1f} GiB available")
@@ -85,16 +86,19 @@ def big_input():
     x = torch.empty(NUMEL, dtype=torch.bfloat16)
     moments = [(0, 0.0, 0.0), (0, 0.0, 0.0)]
     tiles = math.ceil(NUMEL / TILE)
+    tile_sums = [[0.0, 0.0] for _ in range(tiles)]
     for k in range(tiles):
         begin, end = k * TILE, min((k + 1) * TILE, NUMEL)
         torch.add(noise[:end - begin], -2.0 + 4.0 * k / tiles, out=x[begin:end])   # a different offset per tile
         for g, (lo, hi) in enumerate(((0, S), (S, NUMEL))):
             for a in range(max(begin, lo), min(end, hi), PIECE):
                 b = min(a + PIECE, end, hi)
-                moments[g] = combine(moments[g], piece_moments(buf, x[a:b]))
+                piece = piece_moments(buf, x[a:b])
+                moments[g] = combine(moments[g], piece)
+                tile_sums[k][g] += piece[0] * piece[1]
     del noise, buf
     assert moments[0][0] == S and moments[1][0] == S
-    yield x, moments
+    yield x, moments, tile_sums
     del x
     gc.collect()
 
@@ -142,7 +146,7 @@ def check_slice(out_flat, x_flat, begin, end, channel_of, mean, rstd, w, b, what
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_more_than_2_31_elements_contiguous_two_groups(big_input, device):
-    big_input, reference_moments = big_input
+    big_input, reference_moments, _ = big_input
     x = on_device(big_input, device).view(1, 2, S)
     eps = 1e-5
     w = torch.tensor([1.5, -0.5])
@@ -169,7 +173,7 @@ def test_more_than_2_31_elements_contiguous_two_groups(big_input, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_more_than_2_31_elements_channels_last_one_group(big_input, device):
-    big_input, reference_moments = big_input
+    big_input, reference_moments, _ = big_input
     # (1, C, S2, 1) logical, stored as (1, S2, 1, C): element (0, c, s, 0) at flat offset C * s + c
     x = on_device(big_input, device).view(1, NUMEL // NSC_C, 1, NSC_C).permute(0, 3, 1, 2)
     assert not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
@@ -193,4 +197,68 @@ def test_more_than_2_31_elements_channels_last_one_group(big_input, device):
             check_slice(o, big_input, begin, end, channel_of, m64, r64, one, zero, f"G=1 NSC {where}")
     finally:
         del out, x
+        gc.collect()
+
+
+def tile_grad_out(k):
+    """The backward test's grad_out on tile k: one constant per tile (0.5 .. 2, exact in bfloat16), so
+    that its sums against x come from the fixture's per-tile sums."""
+    return 0.5 + ((7 * k) % 13) / 8
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_more_than_2_31_elements_backward_contiguous_two_groups(big_input, device):
+    """grad_input, grad_weight and grad_bias of the contiguous (1, 2, 2^30 + 1) input against float64
+    references built from the fixture's sums: with grad_out constant on each tile, group g's sums are
+    sum(dy) = sum_k d_k * count(k, g) and sum(dy * x) = sum_k d_k * sum(x on tile k, group g)."""
+    x_flat, reference_moments, tile_sums = big_input
+    avail = mem_available_bytes()
+    if device == "cpu" and avail is not None and avail < 2 * NUMEL * 2 + (2 << 30):
+        pytest.skip(f"needs ~{(2 * NUMEL * 2 + (2 << 30)) / 2**30:.1f} GiB more free memory")
+    tiles = len(tile_sums)
+    dy_flat = torch.empty(NUMEL, dtype=torch.bfloat16)
+    for k in range(tiles):
+        dy_flat[k * TILE:min((k + 1) * TILE, NUMEL)].fill_(tile_grad_out(k))
+    eps = 1e-5
+    w = torch.tensor([1.5, -0.5])
+    b = torch.tensor([0.25, -1.0])
+    stats = [(m[1], rstd_of(m, eps)) for m in reference_moments]
+    mean = torch.tensor([[s[0] for s in stats]], dtype=torch.float32)
+    rstd = torch.tensor([[s[1] for s in stats]], dtype=torch.float32)
+    x = on_device(x_flat, device).view(1, 2, S)
+    dy = dy_flat.to(device).view(1, 2, S)
+    del dy_flat
+    try:
+        # the reference in float64, from the float32 statistics the op is given
+        m64, r64 = mean.double().flatten(), rstd.double().flatten()
+        sum_dy, sum_dy_x = [0.0, 0.0], [0.0, 0.0]
+        for k in range(tiles):
+            begin, end = k * TILE, min((k + 1) * TILE, NUMEL)
+            for g, (lo, hi) in enumerate(((0, S), (S, NUMEL))):
+                count = max(0, min(end, hi) - max(begin, lo))
+                sum_dy[g] += tile_grad_out(k) * count
+                sum_dy_x[g] += tile_grad_out(k) * tile_sums[k][g]
+        # sum(dy * xhat) = rstd * (sum(dy * x) - mean * sum(dy)): grad_weight, and grad_input's term
+        sum_dy_xhat = [r64[g].item() * (sum_dy_x[g] - m64[g].item() * sum_dy[g]) for g in range(2)]
+        gi, gw, gb = ops.group_norm_backward(dy, x, mean.to(device), rstd.to(device), w.to(device), b.to(device), 2,
+                                             "identity", [True, True, True])
+        assert gi.shape == x.shape and gi.dtype == torch.bfloat16
+        for g in range(2):
+            assert math.isclose(gb[g].item(), sum_dy[g], rel_tol=1e-5), (g, gb[g].item(), sum_dy[g])
+            assert math.isclose(gw[g].item(), sum_dy_xhat[g], rel_tol=1e-4, abs_tol=1e-3 * abs(sum_dy[g])), (
+                g, gw[g].item(), sum_dy_xhat[g])
+        gi_flat = gi.view(-1)
+        for begin, end, where in WINDOWS:
+            idx = torch.arange(begin, end)
+            g = idx // S
+            xs = x_flat[begin:end].double()
+            d = torch.tensor([tile_grad_out(int(i) // TILE) for i in range(begin, end)], dtype=torch.float64)
+            xhat = (xs - m64[g]) * r64[g]
+            n = float(S)
+            expected = r64[g] * w.double()[g] * (d - torch.tensor(sum_dy, dtype=torch.float64)[g] / n
+                                                 - xhat * torch.tensor(sum_dy_xhat, dtype=torch.float64)[g] / n)
+            torch.testing.assert_close(gi_flat[begin:end].double().cpu(), expected, **GRAD_TOLERANCES[torch.bfloat16],
+                                       msg=lambda m: f"grad_input[{begin}:{end}] ({where}): {m}")
+    finally:
+        del x, dy
         gc.collect()
