@@ -25,33 +25,55 @@ constexpr int kCoefThreads = 256;
 // tables (rows of `coef`, each a 16-byte aligned row of at least N * C entries).
 enum CoefRow : int { kA = 0, kMean = 1, kRstd = 2, kKx = 3, kKc = 4, kCoefRows = 5 };
 
-// One block per (n, g). Each warp adds the K chunk partials of some of the group's
-// channels (lane-strided, then the shuffle tree); warp 0 then adds the channels.
+// One block per (n, g). Each channel's K chunk partials are added by `wpc` warps (every
+// warp busy when the group has fewer channels than the block has warps: 4 channels of
+// thousands of chunks each, a 3-D volume's group, took one warp apiece and 32 us), each
+// lane-strided over its share of k, then the shuffle tree, then the warps' results in warp
+// order; warp 0 then adds the channels. Fixed assignment and order: the same bits every run.
 template <typename acc_t, typename param_t>
 __global__ void __launch_bounds__(kCoefThreads) group_coefficients_kernel(
     const reduce_t* __restrict__ part_dy, const reduce_t* __restrict__ part_dy_xc, int64_t K, GroupNormShape sh,
     const acc_t* __restrict__ mean, const acc_t* __restrict__ rstd, const param_t* __restrict__ weight,
     reduce_t* sum_dy, reduce_t* sum_dy_xc, acc_t* __restrict__ coef, int64_t coef_stride) {
+  constexpr int kWarps = kCoefThreads / kWarpSize;
   __shared__ reduce_t group[2];
+  __shared__ reduce_t warp_a[kWarps], warp_b[kWarps];
   const int64_t ng = blockIdx.x;
   const int64_t n = ng / sh.groups, g = ng - n * sh.groups, D = sh.channels_per_group();
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  for (int64_t j = warp; j < D; j += kCoefThreads / kWarpSize) {
-    const int64_t nc = n * sh.C + g * D + j;
+  const int wpc = D < kWarps ? kWarps / static_cast<int>(D) : 1;  // warps per channel
+  const int per_pass = kWarps / wpc;                               // channels per pass
+  for (int64_t j0 = 0; j0 < D; j0 += per_pass) {
+    const int64_t j = j0 + warp / wpc;  // this warp's channel, and its share of k
+    const int share = warp % wpc;
     reduce_t a = 0, b = 0;
+    if (warp < per_pass * wpc && j < D) {
+      const int64_t row = (n * sh.C + g * D + j) * K;
 #pragma unroll 4
-    for (int64_t k = lane; k < K; k += kWarpSize) {
-      a += part_dy[nc * K + k];
-      b += part_dy_xc[nc * K + k];
+      for (int64_t k = share * kWarpSize + lane; k < K; k += wpc * kWarpSize) {
+        a += part_dy[row + k];
+        b += part_dy_xc[row + k];
+      }
     }
     a = warp_sum(a);
     b = warp_sum(b);
     if (lane == 0) {
-      sum_dy[nc] = a;
-      sum_dy_xc[nc] = b;
+      warp_a[warp] = a;
+      warp_b[warp] = b;
     }
+    __syncthreads();
+    if (threadIdx.x < per_pass && j0 + threadIdx.x < D) {
+      reduce_t sa = 0, sb = 0;
+      for (int s = 0; s < wpc; ++s) {
+        sa += warp_a[threadIdx.x * wpc + s];
+        sb += warp_b[threadIdx.x * wpc + s];
+      }
+      const int64_t nc = n * sh.C + g * D + j0 + threadIdx.x;
+      sum_dy[nc] = sa;
+      sum_dy_xc[nc] = sb;
+    }
+    __syncthreads();  // the slots are free again; the channel sums (global memory) are visible
   }
-  __syncthreads();  // the channel sums (global memory) are visible to the block
   if (warp == 0) {
     reduce_t s_dxhat = 0, s_dxhat_xc = 0;
     for (int64_t j = lane; j < D; j += kWarpSize) {
