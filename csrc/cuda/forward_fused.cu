@@ -5,8 +5,9 @@
 // once and y written once. The statistics come from one pass over the registers (shifted
 // sums in double); the blocks exchange their partial sums once through distributed shared
 // memory and add them in rank order, so every block gets the same bits (no atomics), then
-// each normalizes its piece from registers. GROUPNORM_EXT_CUDA_FUSED=0 turns this path off
-// (the chunked path then runs: for benchmarking the two).
+// each normalizes its piece from registers. Loads are 16-byte vectors, or single elements
+// for small inputs whose slabs do not split into vectors (VEC = 1). GROUPNORM_EXT_CUDA_FUSED=0
+// turns this path off (the chunked path then runs: for benchmarking the two).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
