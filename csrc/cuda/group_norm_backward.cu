@@ -63,8 +63,8 @@ __global__ void __launch_bounds__(kCoefThreads) group_coefficients_kernel(
     }
     __syncthreads();
     if (threadIdx.x < per_pass && j0 + threadIdx.x < D) {
-      reduce_t sa = 0, sb = 0;
-      for (int s = 0; s < wpc; ++s) {
+      reduce_t sa = warp_a[threadIdx.x * wpc], sb = warp_b[threadIdx.x * wpc];
+      for (int s = 1; s < wpc; ++s) {
         sa += warp_a[threadIdx.x * wpc + s];
         sb += warp_b[threadIdx.x * wpc + s];
       }

@@ -30,7 +30,7 @@ enum class VecChannels : int {
 // walks from the start, for benchmarking the two). Each pass follows a reduction over the same
 // input (statistics, or the backward sums) that read it from the start: the last tens of MB it
 // read are still in L2, and walking back from the end re-reads those first, from L2 instead of
-// device memory (up to the L2 size of the ~1/3 of the bytes that the re-read costs).
+// device memory (at most an L2's worth of the re-read, which is a third of the forward's bytes).
 inline bool reverse_elementwise_passes() {
   static const bool reverse = [] {
     const char* env = std::getenv("GROUPNORM_EXT_CUDA_REVERSE_PASSES");
