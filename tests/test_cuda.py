@@ -278,6 +278,10 @@ PATH_CASES = [
     ((4, 640, 16, 16), 32, "channels_last", torch.float16, None),      # rows of 20 channels, cluster of 8
     ((3, 10, 7, 9), 5, "contiguous", torch.bfloat16, torch.float32),   # odd slab (126 elements)
     ((1, 6, 50, 70), 1, "channels_last", torch.float32, None),         # 21000 > 16384 scalars: chunked
+    # backward coefficients of groups under 8 channels with more than 32 chunk partials a
+    # channel: the later warps sharing a channel do work (K = 44)
+    ((1, 4, 600, 600), 1, "contiguous", torch.float32, None),          # D = 4: two warps a channel
+    ((2, 2, 600, 600), 2, "contiguous", torch.float32, None),          # D = 1: eight warps a channel
 ]
 
 
