@@ -203,7 +203,7 @@ struct Backward {
     if (ncs) {
       at::parallel_for(0, N * C * sh.S, kApplyGrainElems, [&](int64_t begin, int64_t end) {
         const cpu::StreamingStoresFence fence{stream};
-        cpu::for_blocks_reversed(begin, end, kApplyGrainElems,
+        cpu::for_blocks(begin, end, kApplyGrainElems,
                                  [&](int64_t b, int64_t e) { grad_input_ncs(b, e, coeffs.data(), N * C, 0); });
       });
       return;
@@ -211,7 +211,7 @@ struct Backward {
     const int64_t grain_rows = std::max<int64_t>(1, kApplyGrainElems / C);
     at::parallel_for(0, N * sh.S, grain_rows, [&](int64_t begin, int64_t end) {
       const cpu::StreamingStoresFence fence{stream};
-      cpu::for_blocks_reversed(begin, end, grain_rows, [&](int64_t r0, int64_t r1) {
+      cpu::for_blocks(begin, end, grain_rows, [&](int64_t r0, int64_t r1) {
         cpu::for_sample_rows(r0, r1, sh.S, [&](int64_t n, int64_t s0, int64_t s1) {
           grad_input_nsc(n, s0, s1, coeffs.data(), N * C, n * C);
         });
@@ -279,9 +279,8 @@ struct Backward {
           }
         }
         group_coefficients(n, g, coeffs.data(), D(), 0);
-        // Last elements first: the sums pass just read them, they are still in L2.
         const int64_t first = sh.offset(n, g * D(), 0);
-        cpu::for_blocks_reversed(first, first + D() * sh.S, kApplyGrainElems, [&](int64_t b, int64_t e) {
+        cpu::for_blocks(first, first + D() * sh.S, kApplyGrainElems, [&](int64_t b, int64_t e) {
           grad_input_ncs(b, e, coeffs.data(), D(), n * C + g * D());
         });
         if (++g == G) {
@@ -312,7 +311,7 @@ struct Backward {
         }
         for (int64_t g = 0; g < G; ++g) group_coefficients(n, g, coeffs.data(), C, g * D());
         const int64_t block_rows = std::max<int64_t>(1, kApplyGrainElems / C);
-        cpu::for_blocks_reversed(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
+        cpu::for_blocks(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
           grad_input_nsc(n, s0, s1, coeffs.data(), C, 0);
         });
       }

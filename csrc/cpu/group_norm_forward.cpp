@@ -211,7 +211,7 @@ struct Forward {
       row_coefficients(0, N * C, mean_r, scale_r, bias_r);
       at::parallel_for(0, N * C * sh.S, kApplyGrainElems, [&](int64_t begin, int64_t end) {
         const cpu::StreamingStoresFence fence{stream};
-        cpu::for_blocks_reversed(begin, end, kApplyGrainElems, [&](int64_t b, int64_t e) {
+        cpu::for_blocks(begin, end, kApplyGrainElems, [&](int64_t b, int64_t e) {
           apply_ncs(b, e, mean_r, scale_r, bias_r, 0);
         });
       });
@@ -224,7 +224,7 @@ struct Forward {
     const int64_t grain_rows = std::max<int64_t>(1, kApplyGrainElems / C);
     at::parallel_for(0, N * sh.S, grain_rows, [&](int64_t begin, int64_t end) {
       const cpu::StreamingStoresFence fence{stream};
-      cpu::for_blocks_reversed(begin, end, grain_rows, [&](int64_t r0, int64_t r1) {
+      cpu::for_blocks(begin, end, grain_rows, [&](int64_t r0, int64_t r1) {
         cpu::for_sample_rows(r0, r1, sh.S, [&](int64_t n, int64_t s0, int64_t s1) {
           const int64_t o = sh.offset(n, 0, s0);
           cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[n * C], &coeffs[(N + n) * C],
@@ -284,7 +284,7 @@ struct Forward {
           finalize(ng, partials.data());
           slab_coefficients(ng, g, mean_r, scale_r, bias_r);
           const int64_t first = slab_offset_ncs(ng);  // the slab is contiguous
-          cpu::for_blocks_reversed(first, first + D() * sh.S, kApplyGrainElems, [&](int64_t b, int64_t e) {
+          cpu::for_blocks(first, first + D() * sh.S, kApplyGrainElems, [&](int64_t b, int64_t e) {
             apply_ncs(b, e, mean_r, scale_r, bias_r, ng * D());
           });
           if (++g == G) g = 0;
@@ -301,9 +301,8 @@ struct Forward {
         for (int64_t k = 0; k < K; ++k) chunk_moments_nsc(n, k, acc, mean_c, partials.data() + k, K);
         for (int64_t g = 0; g < G; ++g) finalize(n * G + g, partials.data() + g * K);
         channel_coefficients(n, &coeffs[0], &coeffs[C], &coeffs[2 * C]);
-        // Last rows first: the statistics pass just read them, they are still in L2.
         const int64_t block_rows = std::max<int64_t>(1, kApplyGrainElems / C);
-        cpu::for_blocks_reversed(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
+        cpu::for_blocks(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
           const int64_t o = sh.offset(n, 0, s0);
           cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[0], &coeffs[C], &coeffs[2 * C], act, stream);
         });

@@ -136,17 +136,19 @@ inline int64_t grain_for(int64_t elems_per_task) {
   return std::max<int64_t>(1, kMinTaskElems / std::max<int64_t>(1, elems_per_task));
 }
 
-// Visits [begin, end) in blocks of `block`, last block first. An elementwise pass that
-// follows a reduction pass over the same data then starts with what that pass read last,
-// which is still in the last-level cache (each thread gets the same part of the range in
-// both passes, so this holds per thread).
+// Visits [begin, end) in consecutive blocks of `block`, first to last: f(lo, hi). The
+// elementwise passes once walked their blocks last first, to start with what the reduction
+// pass before them had read last (still in L2 or the last-level cache). On this project's AMD
+// EPYC machines each jump back to an earlier block restarted the hardware prefetchers'
+// streams, and that cost more than the cache hits gained: walking forward was as fast or
+// faster in every case measured, with the input just written by another op as in a network
+// (2 cores): forward 2x320x64x64 float32 channels_last 0.42 -> 0.35 ms, 1x32x512x512 G=1
+// 2.0 -> 1.75 ms, 2x32x64^3 channels_last_3d 4.6 -> 4.4 ms; forward + backward 1x32x512x512
+// G=1 3.0 -> 2.8 ms, the others within 2%. Walking back in 1 or 4 MiB blocks instead of 128 KiB
+// recovered most of the difference: the jumps, not the order, were the cost.
 template <typename F>
-void for_blocks_reversed(int64_t begin, int64_t end, int64_t block, const F& f) {
-  for (int64_t hi = end; hi > begin;) {
-    const int64_t lo = std::max(begin, hi - block);
-    f(lo, hi);
-    hi = lo;
-  }
+void for_blocks(int64_t begin, int64_t end, int64_t block, const F& f) {
+  for (int64_t lo = begin; lo < end; lo += block) f(lo, std::min(end, lo + block));
 }
 
 // Splits elements [i0, i1) of rows of length S into a partial first row, whole rows and a
