@@ -197,8 +197,9 @@ def check_case(case, ours_fn, torch_fn, x, weight, bias, grad_out) -> dict[str, 
     return result
 
 
-def time_case(case, impls, timer, policy, x, weight, bias, grad_out) -> dict[tuple[str, str], list]:
-    """{(impl, pass): samples in seconds} for pass in fwd, fwd+bwd. The impls take turns: call by call
+def time_case(case, impls, timer, policy, x, weight, bias, grad_out) -> tuple[dict, dict]:
+    """({(impl, pass): samples in seconds}, {(impl, pass): minor page faults a call, CPU only}) for
+    pass in fwd, fwd+bwd. The impls take turns: call by call
     on the CPU, policy.rounds turns on a GPU; every impl makes the same number of calls, sized by the
     slowest one's warm-up. The forward runs under no_grad (inference); the no_grad switch sits
     outside the timed calls."""
@@ -208,7 +209,7 @@ def time_case(case, impls, timer, policy, x, weight, bias, grad_out) -> dict[tup
         "fwd": lambda fn: (lambda: fn(x, g, weight, bias, EPS)),
         "fwd+bwd": lambda fn: (lambda: torch.autograd.grad(fn(xr, g, wr, br, EPS), (xr, wr, br), grad_out)),
     }
-    samples = {}
+    samples, faults = {}, {}
     for pass_, make in calls.items():
         with torch.set_grad_enabled(pass_ != "fwd"):
             fns = {name: make(fn) for name, fn in impls.items()}
@@ -217,7 +218,9 @@ def time_case(case, impls, timer, policy, x, weight, bias, grad_out) -> dict[tup
             turns = reps if timer.interleave_calls else policy.rounds
             for name, s in timer.take_turns(fns, reps, turns).items():
                 samples[(name, pass_)] = s
-    return samples
+                if name in timer.faults_per_call:
+                    faults[(name, pass_)] = timer.faults_per_call[name]
+    return samples, faults
 
 
 def moved_bytes(case: shapes.Case, pass_: str) -> int:
@@ -241,18 +244,21 @@ def run_case(case, ext, timer, policy, args, copy_gbps) -> list[dict]:
                  "torch": lambda x, g, w, b, eps: TORCH_ACTIVATIONS[act](F.group_norm(x, g, w, b, eps))}
     x, weight, bias, grad_out = make_inputs(case, args.device)
     checks = check_case(case, impls["ours"], impls["torch"], x, weight, bias, grad_out)
-    samples = time_case(case, impls, timer, policy, x, weight, bias, grad_out)
+    samples, faults = time_case(case, impls, timer, policy, x, weight, bias, grad_out)
     if args.compile:
         torch._dynamo.reset()  # a fresh cache per case: otherwise the recompile limit falls back to eager
         compiled = torch.compile(impls["torch"], dynamic=False)
         try:  # compile both passes now: a machine without a working C++ compiler fails here
             xr = x.detach().requires_grad_()
             torch.autograd.grad(compiled(xr, case.groups, weight, bias, EPS), xr, grad_out)
-            pair = time_case(case, {"ours": impls["ours"], "compile": compiled}, timer, policy, x, weight, bias,
-                             grad_out)
+            pair, pair_faults = time_case(case, {"ours": impls["ours"], "compile": compiled}, timer, policy, x,
+                                          weight, bias, grad_out)
             for pass_ in ("fwd", "fwd+bwd"):
                 samples[("compile", pass_)] = pair[("compile", pass_)]
                 samples[("ours_with_compile", pass_)] = pair[("ours", pass_)]
+                for name, key in (("compile", "compile"), ("ours", "ours_with_compile")):
+                    if (name, pass_) in pair_faults:
+                        faults[(key, pass_)] = pair_faults[(name, pass_)]
             impls["compile"] = compiled  # only once every sample is in: a failure above leaves the column "-"
         except Exception as e:  # noqa: BLE001  (any compile failure: the column shows "-")
             print(f"    torch.compile failed, no compile column for this case: {type(e).__name__}: {e}"[:300])
@@ -268,6 +274,7 @@ def run_case(case, ext, timer, policy, args, copy_gbps) -> list[dict]:
             "ours_with_compile_s": med.get("ours_with_compile"),
             "bytes": moved_bytes(case, pass_), "gbps": gbps, "roofline": gbps / copy_gbps,
             "check": checks[pass_], "samples": {name: samples[(name, pass_)] for name in names},
+            "faults_per_call": {name: faults[(name, pass_)] for name in names if (name, pass_) in faults},
         })
     return rows
 

@@ -23,6 +23,16 @@ def _ratio(num, den) -> str:
     return "-" if num is None or den is None else f"{num / den:.2f}x"
 
 
+# A time is marked when its calls took at least this many minor page faults each on average
+# (256 KiB of pages zeroed by the kernel a call, at 4 KiB pages): it then includes that zeroing.
+FAULTS_MARK = 64
+
+
+def _ms_marked(row: dict, name: str, seconds) -> str:
+    faults = row.get("faults_per_call", {}).get(name, 0)
+    return _ms(seconds) + (" †" if seconds is not None and faults >= FAULTS_MARK else "")
+
+
 def markdown_table(rows: list[dict], with_compile: bool) -> str:
     head = ["shape", "G", "dtype", "layout", "pass", "ours ms", "torch ms", "speed-up", "GB/s", "% roofline"]
     if with_compile:
@@ -32,12 +42,13 @@ def markdown_table(rows: list[dict], with_compile: bool) -> str:
     for r in rows:
         cells = [
             r["shape"], str(r["groups"]), r["dtype"], r["layout"], r["pass"],
-            _ms(r["ours_s"]), _ms(r["torch_s"]), _ratio(r["torch_s"], r["ours_s"]),
+            _ms_marked(r, "ours", r["ours_s"]), _ms_marked(r, "torch", r["torch_s"]), _ratio(r["torch_s"], r["ours_s"]),
             f"{r['gbps']:.1f}" if r["gbps"] >= 10 else f"{r['gbps']:.2f}", f"{100 * r['roofline']:.0f}%",
         ]
         if with_compile:
             # against ours' time in the same pairing (bench.run_case); older saved runs lack it
-            cells += [_ms(r.get("compile_s")), _ratio(r.get("compile_s"), r.get("ours_with_compile_s", r["ours_s"]))]
+            cells += [_ms_marked(r, "compile", r.get("compile_s")),
+                      _ratio(r.get("compile_s"), r.get("ours_with_compile_s", r["ours_s"]))]
         cells.append(r["check"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -62,8 +73,12 @@ def markdown_report(meta: dict, rows: list[dict], with_compile: bool) -> str:
         "- GB/s = bytes that must move / ours time (fwd: read x + write y; fwd+bwd: that + read x, "
         "read dy, write dx); % roofline = GB/s / copy bandwidth (over 100% means the case fits in cache)",
         "- check: ours vs torch with a loose per-dtype tolerance before timing (max error / max |ref|)",
-        "",
     ]
+    if meta.get("device", "cpu") == "cpu":
+        out.append(f"- †: those calls took {FAULTS_MARK} or more minor page faults each on average (a freed "
+                   "output that glibc gave back to the OS is faulted in and zeroed again on the next call), "
+                   "so the time includes the kernel zeroing pages (counts per call: `faults_per_call` in a --save JSON)")
+    out.append("")
     for name in SETS:
         part = [r for r in rows if r["set"] == name]
         if part:
