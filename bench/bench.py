@@ -344,6 +344,9 @@ def main(argv=None) -> int:
         "copy_gbps": copy_gbps, "copy_bytes": copy_bytes, "quick": args.quick, "compile": args.compile,
         "filter": args.filter, "built_with_cuda": _built_with_cuda(ext),
         "busy_start": busy_start, "busy_end": warn_if_busy(cpu_busy_fraction()),
+        # probed again after the cases: on a VM that shares memory with other guests the
+        # bandwidth can drift during a run, and % roofline is against the first probe
+        "copy_gbps_end": timing.copy_bandwidth(timer)[0] if rows else None,
         "timing": (f"median of {policy.min_reps} calls" if policy.target_s <= 0
                    else f"median of {policy.min_reps}-{policy.max_reps} calls (~{policy.target_s:g} s)")
         + f" after {policy.warmup} warm-up, "

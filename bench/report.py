@@ -63,7 +63,9 @@ def markdown_report(meta: dict, rows: list[dict], with_compile: bool) -> str:
         f"before / after the run: {_pct(meta.get('busy_start'))} / {_pct(meta.get('busy_end'))}",
         f"- CPU path: groupnorm_ext: {meta['ext_cpu_path']}; torch: {meta['torch_cpu_capability']}",
         f"- copy bandwidth: {meta['copy_gbps']:.1f} GB/s (median `dst.copy_(src)`, "
-        f"{meta['copy_bytes'] >> 20} MiB fp32, read + write counted)",
+        f"{meta['copy_bytes'] >> 20} MiB fp32, read + write counted)"
+        + (f"; {meta['copy_gbps_end']:.1f} GB/s probed again after the cases (% roofline uses the first)"
+           if meta.get("copy_gbps_end") else ""),
         f"- timing: {meta['timing']}",
         "- ours = `groupnorm_ext.group_norm`, torch = `torch.nn.functional.group_norm` (eager), "
         "affine weight/bias in the input dtype; speed-up = torch / ours",
