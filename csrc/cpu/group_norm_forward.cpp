@@ -228,7 +228,7 @@ struct Forward {
         cpu::for_sample_rows(r0, r1, sh.S, [&](int64_t n, int64_t s0, int64_t s1) {
           const int64_t o = sh.offset(n, 0, s0);
           cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[n * C], &coeffs[(N + n) * C],
-                                   &coeffs[(2 * N + n) * C], act, stream);
+                                   &coeffs[(2 * N + n) * C], act, stream, prefetch);
         });
       });
     });
@@ -304,7 +304,8 @@ struct Forward {
         const int64_t block_rows = std::max<int64_t>(1, kApplyGrainElems / C);
         cpu::for_blocks(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
           const int64_t o = sh.offset(n, 0, s0);
-          cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[0], &coeffs[C], &coeffs[2 * C], act, stream);
+          cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, &coeffs[0], &coeffs[C], &coeffs[2 * C], act, stream,
+                                   prefetch);
         });
       }
     });

@@ -53,10 +53,11 @@ using reduce_t = double;
                            const opmath_t<T>* scale, const opmath_t<T>* bias, Activation act, \
                            bool stream);                                                     \
   /* NSC apply over `rows` rows of C channels: y[r, c] = act((x[r, c] - mean[c]) * scale[c]  \
-     + bias[c]) */                                                                           \
+     + bias[c]); `prefetch`: software-prefetch input and output rows ahead (see              \
+     software_prefetch_pays; not with `stream`) */                                           \
   void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const opmath_t<T>* mean, \
                            const opmath_t<T>* scale, const opmath_t<T>* bias, Activation act, \
-                           bool stream);                                                     \
+                           bool stream, bool prefetch);                                      \
   /* The backward's dL/dz of a fused activation (loops_activation.cpp): dz = dy * act'(z),    \
      z = (x - mean) * scale + bias recomputed as the forward computes it; one coefficient     \
      set for the run (NCS), per run (NCS rows), per channel (NSC rows). */                    \

@@ -244,14 +244,31 @@ GN_INLINE void normalize_runs(const T* x, T* y, int64_t runs, int64_t len, const
   }
 }
 
+// With `prefetch` (data beyond the caches, see software_prefetch_pays), each step of about four
+// lines of rows first prefetches the input kPrefetchAheadBytes ahead and the output twice as far:
+// the output's lines then arrive before the stores that need them, instead of each store waiting
+// for its line to be read (2x320x64x64 float32 channels_last forward with x just written by
+// another op, 2 cores: 0.35 -> 0.28 ms; from memory: 0.55 -> 0.49 ms; the input alone ahead
+// gave 0.56 -> 0.54). Streamed output needs no read, and its loop has no prefetch.
 template <Activation act, typename T, typename acc_t = opmath_t<T>>
 GN_INLINE void normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean, const acc_t* scale,
-                              const acc_t* bias, bool stream) {
+                              const acc_t* bias, bool stream, bool prefetch) {
   if constexpr (std::is_same_v<T, c10::Half>) {
     if (f16c_loops()) {
       if constexpr (act == Activation::Identity) return normalize_rows_f16c(x, y, rows, C, mean, scale, bias, stream);
       return normalize_rows_staged<act>(x, y, rows, C, mean, scale, bias, stream);
     }
+  }
+  if (!stream && prefetch) {
+    const int64_t row_bytes = C * static_cast<int64_t>(sizeof(T));
+    const int64_t step = std::max<int64_t>(1, 4 * kLineBytes / std::max<int64_t>(1, row_bytes));
+    for (int64_t r = 0; r < rows; r += step) {
+      const int64_t n = std::min(step, rows - r);
+      prefetch_l1_ahead(x + r * C, n * row_bytes, kPrefetchAheadBytes);
+      prefetch_l1_ahead(y + r * C, n * row_bytes, 2 * kPrefetchAheadBytes);
+      normalize_rows_impl<act>(x + r * C, y + r * C, n, C, mean, scale, bias);
+    }
+    return;
   }
   if (!stream) return normalize_rows_impl<act>(x, y, rows, C, mean, scale, bias);
   WrappedCoefficients<acc_t, 3> k({mean, scale, bias}, C, kLineBytes / sizeof(T));
@@ -385,9 +402,10 @@ GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, const redu
   }                                                                                            \
   GN_CLONES void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C,                \
                                      const opmath_t<T>* mean, const opmath_t<T>* scale,        \
-                                     const opmath_t<T>* bias, Activation act, bool stream) {   \
+                                     const opmath_t<T>* bias, Activation act, bool stream,     \
+                                     bool prefetch) {                                          \
     dispatch_activation(act, [&](auto a) GN_LAMBDA_INLINE {                                    \
-      normalize_rows<decltype(a)::value>(x, y, rows, C, mean, scale, bias, stream);            \
+      normalize_rows<decltype(a)::value>(x, y, rows, C, mean, scale, bias, stream, prefetch);  \
     });                                                                                        \
   }                                                                                            \
   GN_CLONES void loop_sum_dev_rows(const T* x, int64_t rows, int64_t C, const reduce_t* shift, \

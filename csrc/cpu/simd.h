@@ -156,6 +156,17 @@ GN_INLINE void prefetch_block_ahead(const void* block, int64_t block_bytes) {
   for (uintptr_t p = begin & ~uintptr_t(kLineBytes - 1); p < begin + block_bytes; p += kLineBytes) prefetch_line(p);
 }
 
+// The lines of [p + ahead, p + ahead + bytes) into L1 (an elementwise row loop's input and
+// output some rows ahead). Prefetching an output line to read is as good as for writing here: a
+// line that no other core holds arrives exclusive, and the store that follows needs no further
+// request (PREFETCHW is outside the x86-64 levels the clones target).
+GN_INLINE void prefetch_l1_ahead(const void* p, int64_t bytes, int64_t ahead) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(p) + ahead;
+  for (uintptr_t q = begin & ~uintptr_t(kLineBytes - 1); q < begin + bytes; q += kLineBytes) {
+    __builtin_prefetch(reinterpret_cast<const void*>(q), 0, 3);
+  }
+}
+
 typedef float vf16 __attribute__((vector_size(64), aligned(4)));
 
 GN_INLINE vf16 load16f(const float* p) {

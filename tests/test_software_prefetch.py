@@ -1,0 +1,30 @@
+"""Software prefetch in the CPU loops (csrc/cpu/simd.h): the channels-last statistics and gradient sums
+prefetch rows ahead, and the channels-last normalization walks its rows in steps of about four lines,
+prefetching input and output ahead of each step. Only hints and the grouping of rows differ, so every
+output must be bitwise the one the loops write without prefetch. The switch (GROUPNORM_EXT_CPU_PREFETCH,
+read once per process; by default on only for data beyond the caches) is forced on and off in two child
+processes over the same inputs (the cases of test_streaming_stores: row lengths from 8 to 5200 bytes,
+odd sizes, misaligned views, fused activations, four dtypes), with plain stores in both."""
+import pytest
+import torch
+
+from reference import run_saving_child
+from test_streaming_stores import CASES_SCRIPT
+
+
+@pytest.fixture(scope="module")
+def both_modes(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prefetch")
+    plain = dict(GROUPNORM_EXT_STREAMING_STORES="0")
+    return (run_saving_child(CASES_SCRIPT, d / "prefetch.pt", GROUPNORM_EXT_CPU_PREFETCH="1", **plain),
+            run_saving_child(CASES_SCRIPT, d / "plain.pt", GROUPNORM_EXT_CPU_PREFETCH="0", **plain))
+
+
+def test_prefetched_outputs_are_bitwise_the_plain_ones(both_modes):
+    prefetched, plain = both_modes
+    assert len(prefetched) == len(plain)
+    for s, p in zip(prefetched, plain):
+        assert torch.equal(s["x"], p["x"]), "the two processes drew different inputs"
+        for key in ("y", "gx", "gw", "gb", "yv", "ya", "gxa"):
+            assert torch.equal(s[key], p[key]), f"{key} differs for {s['shape']} {s['x'].dtype}"
+            assert s[key].stride() == p[key].stride()
