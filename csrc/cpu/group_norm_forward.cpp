@@ -63,7 +63,7 @@ struct Forward {
   acc_t* mean_out;  // (N, G)
   acc_t* rstd_out;
   bool stream;    // write y with streaming stores (cpu::streaming_stores_pay)
-  bool prefetch;  // prefetch NSC rows in software (cpu::software_prefetch_pays)
+  bool prefetch;  // prefetch in software (cpu::software_prefetch_pays)
   Activation act;  // fused after the affine transform, in the normalize loops
   // Channels per group, divided out once: a 64-bit division costs 40-90 cycles on
   // Skylake-class cores, more than a small image's whole row.
@@ -160,11 +160,12 @@ struct Forward {
         i0, i1, sh.S,
         [&](int64_t row, int64_t i, int64_t len) {
           const int64_t j = row - row0;
-          cpu::loop_normalize(x + i, y + i, len, mean_r[j], scale_r[j], bias_r[j], act, stream);
+          cpu::loop_normalize(x + i, y + i, len, mean_r[j], scale_r[j], bias_r[j], act, stream, prefetch);
         },
         [&](int64_t row, int64_t i, int64_t rows) {
           const int64_t j = row - row0;
-          cpu::loop_normalize_runs(x + i, y + i, rows, sh.S, mean_r + j, scale_r + j, bias_r + j, act, stream);
+          cpu::loop_normalize_runs(x + i, y + i, rows, sh.S, mean_r + j, scale_r + j, bias_r + j, act, stream,
+                                   prefetch);
         });
   }
 
@@ -260,7 +261,8 @@ struct Forward {
           slab_coefficients(b0 + i, g, mean_r + i * D(), scale_r + i * D(), bias_r + i * D());
           if (++g == G) g = 0;
         }
-        cpu::loop_normalize_runs(x + first, y + first, slabs * D(), sh.S, mean_r, scale_r, bias_r, act, stream);
+        cpu::loop_normalize_runs(x + first, y + first, slabs * D(), sh.S, mean_r, scale_r, bias_r, act, stream,
+                                 prefetch);
       }
     });
   }

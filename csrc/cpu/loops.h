@@ -44,14 +44,16 @@ using reduce_t = double;
   void loop_moments_runs(const T* x, int64_t runs, int64_t len, reduce_t* mean, reduce_t* m2); \
   /* y = act((x - mean) * scale + bias), one coefficient set for the run (NCS apply). The   \
      elementwise loops take `stream`: write the output with streaming stores (see           \
-     streaming_stores_pay in schedule.h); the values are the same either way. */            \
+     streaming_stores_pay in schedule.h); the values are the same either way. They take      \
+     `prefetch` too: software-prefetch input and output ahead (software_prefetch_pays; only    \
+     without `stream`). */                                                                   \
   void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean, opmath_t<T> scale,      \
-                      opmath_t<T> bias, Activation act, bool stream);                        \
+                      opmath_t<T> bias, Activation act, bool stream, bool prefetch);         \
   /* loop_normalize over `runs` consecutive runs of `len` elements, run r with mean[r],       \
      scale[r], bias[r]: the NCS apply of many short (n, c) rows in one call, same values */  \
   void loop_normalize_runs(const T* x, T* y, int64_t runs, int64_t len, const opmath_t<T>* mean, \
                            const opmath_t<T>* scale, const opmath_t<T>* bias, Activation act, \
-                           bool stream);                                                     \
+                           bool stream, bool prefetch);                                      \
   /* NSC apply over `rows` rows of C channels: y[r, c] = act((x[r, c] - mean[c]) * scale[c]  \
      + bias[c]); `prefetch`: software-prefetch input and output rows ahead (see              \
      software_prefetch_pays; not with `stream`) */                                           \

@@ -217,13 +217,27 @@ GN_INLINE void normalize_rows_staged(const c10::Half* x, c10::Half* y, int64_t r
 }
 
 // The public normalize loops' bodies for one activation (the clones switch once per call).
+// With `prefetch`, the run goes in steps of four lines, each prefetching the input
+// kPrefetchAheadBytes and the output twice as far ahead (see normalize_rows: 1x32x256x256 G = 1
+// float32 forward with x just written by another op 0.21 -> 0.185 ms, 2x320x64x64 0.27 -> 0.245).
 template <Activation act, typename T, typename acc_t = opmath_t<T>>
-GN_INLINE void normalize_run(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias, bool stream) {
+GN_INLINE void normalize_run(const T* x, T* y, int64_t n, acc_t mean, acc_t scale, acc_t bias, bool stream,
+                             bool prefetch) {
   if constexpr (std::is_same_v<T, c10::Half>) {
     if (f16c_loops()) {
       if constexpr (act == Activation::Identity) return normalize_runs_f16c(x, y, 1, n, &mean, &scale, &bias, stream);
       return normalize_run_staged<act>(x, y, n, mean, scale, bias, stream);
     }
+  }
+  if (!stream && prefetch) {
+    constexpr int64_t kStep = 4 * kLineBytes / static_cast<int64_t>(sizeof(T));
+    for (int64_t i = 0; i < n; i += kStep) {
+      const int64_t m = std::min(kStep, n - i);
+      prefetch_l1_ahead(x + i, m * static_cast<int64_t>(sizeof(T)), kPrefetchAheadBytes);
+      prefetch_l1_ahead(y + i, m * static_cast<int64_t>(sizeof(T)), 2 * kPrefetchAheadBytes);
+      normalize_impl<act>(x + i, y + i, m, mean, scale, bias);
+    }
+    return;
   }
   if (!stream) return normalize_impl<act>(x, y, n, mean, scale, bias);
   write_streamed<kStreamLines<act>>(y, n, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {
@@ -235,12 +249,12 @@ GN_INLINE void normalize_run(const T* x, T* y, int64_t n, acc_t mean, acc_t scal
 // float16 identity pass in one F16C call (a call per run cost more than a small slab's run).
 template <Activation act, typename T, typename acc_t = opmath_t<T>>
 GN_INLINE void normalize_runs(const T* x, T* y, int64_t runs, int64_t len, const acc_t* mean, const acc_t* scale,
-                              const acc_t* bias, bool stream) {
+                              const acc_t* bias, bool stream, bool prefetch) {
   if constexpr (std::is_same_v<T, c10::Half> && act == Activation::Identity) {
     if (f16c_loops()) return normalize_runs_f16c(x, y, runs, len, mean, scale, bias, stream);
   }
   for (int64_t r = 0; r < runs; ++r) {
-    normalize_run<act>(x + r * len, y + r * len, len, mean[r], scale[r], bias[r], stream);
+    normalize_run<act>(x + r * len, y + r * len, len, mean[r], scale[r], bias[r], stream, prefetch);
   }
 }
 
@@ -388,16 +402,17 @@ GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, const redu
   }                                                                                            \
   GN_CLONES void loop_normalize(const T* x, T* y, int64_t n, opmath_t<T> mean,                 \
                                 opmath_t<T> scale, opmath_t<T> bias, Activation act,           \
-                                bool stream) {                                                 \
+                                bool stream, bool prefetch) {                                  \
     dispatch_activation(act, [&](auto a) GN_LAMBDA_INLINE {                                    \
-      normalize_run<decltype(a)::value>(x, y, n, mean, scale, bias, stream);                   \
+      normalize_run<decltype(a)::value>(x, y, n, mean, scale, bias, stream, prefetch);         \
     });                                                                                        \
   }                                                                                            \
   GN_CLONES void loop_normalize_runs(const T* x, T* y, int64_t runs, int64_t len,               \
                                      const opmath_t<T>* mean, const opmath_t<T>* scale,        \
-                                     const opmath_t<T>* bias, Activation act, bool stream) {   \
+                                     const opmath_t<T>* bias, Activation act, bool stream,     \
+                                     bool prefetch) {                                          \
     dispatch_activation(act, [&](auto a) GN_LAMBDA_INLINE {                                    \
-      normalize_runs<decltype(a)::value>(x, y, runs, len, mean, scale, bias, stream);           \
+      normalize_runs<decltype(a)::value>(x, y, runs, len, mean, scale, bias, stream, prefetch); \
     });                                                                                        \
   }                                                                                            \
   GN_CLONES void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C,                \
