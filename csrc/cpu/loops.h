@@ -103,11 +103,12 @@ using reduce_t = double;
                             const opmath_t<T>* a, const opmath_t<T>* mean,                   \
                             const opmath_t<T>* rstd, const opmath_t<T>* kxhat,               \
                             const opmath_t<T>* kc, bool stream);                             \
-  /* the same over `rows` rows of C channels with per-channel coefficients (NSC) */          \
+  /* the same over `rows` rows of C channels with per-channel coefficients (NSC); `prefetch`: \
+     software-prefetch dy, x and dx rows ahead (as loop_normalize_rows; not with `stream`) */ \
   void loop_grad_input_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,         \
                             const opmath_t<T>* a, const opmath_t<T>* mean,                   \
                             const opmath_t<T>* rstd, const opmath_t<T>* kxhat,               \
-                            const opmath_t<T>* kc, bool stream);
+                            const opmath_t<T>* kc, bool stream, bool prefetch);
 
 GN_DECLARE_LOOPS(float)
 GN_DECLARE_LOOPS(double)
