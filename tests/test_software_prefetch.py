@@ -6,10 +6,9 @@ read once per process; by default on only for data beyond the caches) is forced 
 processes over the same inputs (the cases of test_streaming_stores: row lengths from 8 to 5200 bytes,
 odd sizes, misaligned views, fused activations, four dtypes), with plain stores in both."""
 import pytest
-import torch
 
 from reference import run_saving_child
-from test_streaming_stores import CASES_SCRIPT
+from test_streaming_stores import CASES_SCRIPT, assert_cases_bitwise_equal
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +20,4 @@ def both_modes(tmp_path_factory):
 
 
 def test_prefetched_outputs_are_bitwise_the_plain_ones(both_modes):
-    prefetched, plain = both_modes
-    assert len(prefetched) == len(plain)
-    for s, p in zip(prefetched, plain):
-        assert torch.equal(s["x"], p["x"]), "the two processes drew different inputs"
-        for key in ("y", "gx", "gw", "gb", "yv", "ya", "gxa"):
-            assert torch.equal(s[key], p[key]), f"{key} differs for {s['shape']} {s['x'].dtype}"
-            assert s[key].stride() == p[key].stride()
+    assert_cases_bitwise_equal(*both_modes)

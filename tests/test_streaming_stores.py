@@ -69,14 +69,18 @@ def both_modes(tmp_path_factory):
     return run_cases("1", d / "stream.pt"), run_cases("0", d / "plain.pt")
 
 
-def test_streamed_outputs_are_bitwise_the_plain_ones(both_modes):
-    streamed, plain = both_modes
-    assert len(streamed) == len(plain)
-    for s, p in zip(streamed, plain):
+def assert_cases_bitwise_equal(first, second):
+    """Two children's CASES_SCRIPT results: the same inputs, and every output bitwise equal."""
+    assert len(first) == len(second)
+    for s, p in zip(first, second):
         assert torch.equal(s["x"], p["x"]), "the two processes drew different inputs"
         for key in ("y", "gx", "gw", "gb", "yv", "ya", "gxa"):
             assert torch.equal(s[key], p[key]), f"{key} differs for {s['shape']} {s['x'].dtype}"
             assert s[key].stride() == p[key].stride()
+
+
+def test_streamed_outputs_are_bitwise_the_plain_ones(both_modes):
+    assert_cases_bitwise_equal(*both_modes)
 
 
 def test_streamed_outputs_match_the_reference(both_modes):
