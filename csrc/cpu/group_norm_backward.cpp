@@ -209,7 +209,7 @@ struct Backward {
       at::parallel_for(0, N * C * sh.S, kApplyGrainElems, [&](int64_t begin, int64_t end) {
         const cpu::StreamingStoresFence fence{stream};
         cpu::for_blocks(begin, end, kApplyGrainElems,
-                                 [&](int64_t b, int64_t e) { grad_input_ncs(b, e, coeffs.data(), N * C, 0); });
+                        [&](int64_t b, int64_t e) { grad_input_ncs(b, e, coeffs.data(), N * C, 0); });
       });
       return;
     }
