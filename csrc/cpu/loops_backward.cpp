@@ -404,16 +404,12 @@ GN_INLINE bool grad_input_rows_on_f16c(const T* dy, const T* x, T* dx, int64_t r
     if (!stream && prefetch) {                                                                 \
       /* steps of about four lines, inputs 4 KiB and output 8 KiB ahead (see normalize_rows): \
          2x320x64x64 float32 channels_last fwd+bwd, x just written, 1.02 -> 0.90 ms */        \
-      const int64_t row_bytes = C * static_cast<int64_t>(sizeof(T));                           \
-      const int64_t step = std::max<int64_t>(1, 4 * kLineBytes / std::max<int64_t>(1, row_bytes)); \
-      for (int64_t r = 0; r < rows; r += step) {                                               \
-        const int64_t n = std::min(step, rows - r), o = r * C;                                 \
-        prefetch_l1_ahead(dy + o, n * row_bytes, kPrefetchAheadBytes);                         \
-        prefetch_l1_ahead(x + o, n * row_bytes, kPrefetchAheadBytes);                          \
-        prefetch_l1_ahead(dx + o, n * row_bytes, 2 * kPrefetchAheadBytes);                     \
-        grad_input_rows_impl(dy + o, x + o, dx + o, n, C, a, mean, rstd, kxhat, kc);          \
-      }                                                                                        \
-      return;                                                                                  \
+      return for_prefetched_steps(                                                             \
+          rows, C * static_cast<int64_t>(sizeof(T)), dx,                                       \
+          [&](int64_t r, int64_t n) GN_LAMBDA_INLINE {                                         \
+            grad_input_rows_impl(dy + r * C, x + r * C, dx + r * C, n, C, a, mean, rstd, kxhat, kc); \
+          },                                                                                   \
+          dy, x);                                                                              \
     }                                                                                          \
     if (!stream) return grad_input_rows_impl(dy, x, dx, rows, C, a, mean, rstd, kxhat, kc);    \
     WrappedCoefficients<opmath_t<T>, 5> k({a, mean, rstd, kxhat, kc}, C, kLineBytes / sizeof(T)); \

@@ -230,14 +230,9 @@ GN_INLINE void normalize_run(const T* x, T* y, int64_t n, acc_t mean, acc_t scal
     }
   }
   if (!stream && prefetch) {
-    constexpr int64_t kStep = 4 * kLineBytes / static_cast<int64_t>(sizeof(T));
-    for (int64_t i = 0; i < n; i += kStep) {
-      const int64_t m = std::min(kStep, n - i);
-      prefetch_l1_ahead(x + i, m * static_cast<int64_t>(sizeof(T)), kPrefetchAheadBytes);
-      prefetch_l1_ahead(y + i, m * static_cast<int64_t>(sizeof(T)), 2 * kPrefetchAheadBytes);
-      normalize_impl<act>(x + i, y + i, m, mean, scale, bias);
-    }
-    return;
+    return for_prefetched_steps(
+        n, sizeof(T), y,
+        [&](int64_t i, int64_t m) GN_LAMBDA_INLINE { normalize_impl<act>(x + i, y + i, m, mean, scale, bias); }, x);
   }
   if (!stream) return normalize_impl<act>(x, y, n, mean, scale, bias);
   write_streamed<kStreamLines<act>>(y, n, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {
@@ -274,15 +269,12 @@ GN_INLINE void normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const a
     }
   }
   if (!stream && prefetch) {
-    const int64_t row_bytes = C * static_cast<int64_t>(sizeof(T));
-    const int64_t step = std::max<int64_t>(1, 4 * kLineBytes / std::max<int64_t>(1, row_bytes));
-    for (int64_t r = 0; r < rows; r += step) {
-      const int64_t n = std::min(step, rows - r);
-      prefetch_l1_ahead(x + r * C, n * row_bytes, kPrefetchAheadBytes);
-      prefetch_l1_ahead(y + r * C, n * row_bytes, 2 * kPrefetchAheadBytes);
-      normalize_rows_impl<act>(x + r * C, y + r * C, n, C, mean, scale, bias);
-    }
-    return;
+    return for_prefetched_steps(
+        rows, C * static_cast<int64_t>(sizeof(T)), y,
+        [&](int64_t r, int64_t n) GN_LAMBDA_INLINE {
+          normalize_rows_impl<act>(x + r * C, y + r * C, n, C, mean, scale, bias);
+        },
+        x);
   }
   if (!stream) return normalize_rows_impl<act>(x, y, rows, C, mean, scale, bias);
   WrappedCoefficients<acc_t, 3> k({mean, scale, bias}, C, kLineBytes / sizeof(T));

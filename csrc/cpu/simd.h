@@ -167,6 +167,21 @@ GN_INLINE void prefetch_l1_ahead(const void* p, int64_t bytes, int64_t ahead) {
   }
 }
 
+// An elementwise loop over `units` units (elements or rows) of `unit_bytes` each, with software
+// prefetch: body(u, n) for units [u, u + n) in steps of about four lines, each step first
+// prefetching the inputs' bytes kPrefetchAheadBytes ahead and the output's twice as far.
+template <typename Body, typename... In>
+GN_INLINE void for_prefetched_steps(int64_t units, int64_t unit_bytes, const void* out, const Body& body,
+                                    const In*... in) {
+  const int64_t step = std::max<int64_t>(1, 4 * kLineBytes / std::max<int64_t>(1, unit_bytes));
+  for (int64_t u = 0; u < units; u += step) {
+    const int64_t n = std::min(step, units - u), offset = u * unit_bytes, bytes = n * unit_bytes;
+    (prefetch_l1_ahead(reinterpret_cast<const char*>(in) + offset, bytes, kPrefetchAheadBytes), ...);
+    prefetch_l1_ahead(reinterpret_cast<const char*>(out) + offset, bytes, 2 * kPrefetchAheadBytes);
+    body(u, n);
+  }
+}
+
 typedef float vf16 __attribute__((vector_size(64), aligned(4)));
 
 GN_INLINE vf16 load16f(const float* p) {
