@@ -167,8 +167,7 @@ GN_HOST_DEVICE ChunkPlan make_chunk_plan(int64_t length, int64_t elems_per_unit,
 // kParallelChunks for thousands of GPU workers. kCpuRowChunks: the CPU's channels-last chunks
 // a sample (make_cpu_row_chunk_plan; a few cores, and a chunk's fixed cost, setting up and
 // folding C per-channel sums, wants long chunks: 8 a sample against 32 made the medium
-// channels-last forward 3-20% faster on 2 cores; samples over 8 x 64K elements get more,
-// capped chunks anyway).
+// channels-last forward 3-20% faster on 2 cores; large samples get more, capped chunks anyway).
 constexpr int64_t kParallelChunks = 4096;
 constexpr int64_t kCpuRowChunks = 8;
 constexpr int64_t kParallelChunkMaxElems = 65536;
@@ -194,20 +193,33 @@ GN_HOST_DEVICE ChunkPlan make_parallel_chunk_plan(int64_t length, int64_t elems_
 }
 
 // The CPU's channels-last chunks: a sample's `rows` rows of C channels, cut into chunks of
-// whole rows. A chunk has a fixed cost of O(C) (setting up, then folding into groups, C
-// per-channel sums), so it holds at least kCpuRowChunkMinElems elements; the count is a power
-// of two up to kCpuRowChunks, so that the chunks of a small sample split evenly over 2, 4 or 8
-// threads (a 1280-channel 8x8 sample as 26 + 26 + 12 rows kept one of two threads busy
-// for 52 rows, the other for 12: 2 chunks of 32 rows took 30% less time), and no chunk exceeds
-// kParallelChunkMaxElems (the error bound of the shifted sums), so large samples get more.
+// whole rows. A chunk has a fixed cost of O(C) (setting up, checking and folding into groups C
+// per-channel sums), so it holds at least kCpuRowChunkMinElems elements and kCpuRowChunkMinRows
+// rows; the count is a power of two up to kCpuRowChunks, so that the chunks of a small sample
+// split evenly over 2, 4 or 8 threads (a 1280-channel 8x8 sample as 26 + 26 + 12 rows kept one
+// of two threads busy for 52 rows, the other for 12: 2 chunks of 32 rows took 30% less time),
+// and no chunk exceeds kCpuRowChunkMaxElems, so large samples get more (the split schedules
+// spread chunks over the threads). The minimum rows: chunks of 32-64 rows of 1280 channels
+// spent as long on that fixed cost and on their short columns as on the data; at least 128 rows
+// (and up to 256K elements, where 64K were the cap) made the float32 channels-last forward
+// 10-30% faster on 2 cores (2x1280x16x16 0.073 -> 0.055 ms, 2x320x64x64 0.27 -> 0.22 ms,
+// 1x1280x32x32 0.19 -> 0.13 ms; the 1280-channel 16x16 backward 0.116 -> 0.103 ms).
+// The shifted sums' error (moments_from_deviations) grows with the chunk: count * terms * 2^-53
+// of M2 at worst, with terms = rows / 4 four-row float partials per channel's double sum: about
+// 6e-8 for C >= 32, and random roundings grow as the square root of that.
 // Depends on the sample's shape only, as every plan.
 constexpr int64_t kCpuRowChunkMinElems = 32768;
+constexpr int64_t kCpuRowChunkMinRows = 128;
+constexpr int64_t kCpuRowChunkMaxElems = 262144;
 
 GN_HOST_DEVICE ChunkPlan make_cpu_row_chunk_plan(int64_t rows, int64_t C) {
   const int64_t per = C > 0 ? C : 1;
-  const int64_t longest = kParallelChunkMaxElems / per > 1 ? kParallelChunkMaxElems / per : 1;
+  const int64_t longest = kCpuRowChunkMaxElems / per > 1 ? kCpuRowChunkMaxElems / per : 1;
   int64_t count = 1;
-  while (count * 2 <= kCpuRowChunks && count * 2 * kCpuRowChunkMinElems <= rows * per) count *= 2;
+  while (count * 2 <= kCpuRowChunks && count * 2 * kCpuRowChunkMinElems <= rows * per &&
+         count * 2 * kCpuRowChunkMinRows <= rows) {
+    count *= 2;
+  }
   int64_t len = (rows + count - 1) / count;
   if (len > longest) len = longest;
   if (len < 1) len = 1;

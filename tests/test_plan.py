@@ -81,26 +81,26 @@ def test_parallel_chunk_plan(length, per, slabs, min_len, align):
     assert _C._plan_parallel_chunk_plan(length, per, slabs, min_len, align) == (chunk, num)
 
 
-@pytest.mark.parametrize("rows,C", [(0, 64), (1, 4), (64, 1280), (64, 640), (256, 640), (16, 2560), (4096, 320),
-                                    (262144, 64), (3, 100000), (1000003, 7), (25, 1311)])
+@pytest.mark.parametrize("rows,C", [(0, 64), (1, 4), (64, 1280), (64, 640), (256, 640), (256, 1280), (16, 2560),
+                                    (1024, 256), (4096, 320), (262144, 64), (3, 100000), (1000003, 7), (25, 1311)])
 def test_cpu_row_chunk_plan(rows, C):
-    """The CPU channels-last chunks: whole rows covering the sample, at least 32K elements a chunk
-    (but one) unless the sample is smaller, a power-of-two count (<= 8) while chunks stay within
-    64K elements, never over 64K elements unless one row is."""
+    """The CPU channels-last chunks: whole rows covering the sample, at least 32K elements and 128 rows a
+    chunk (but one) unless the sample is smaller, a power-of-two count (<= 8) while chunks stay within
+    256K elements, never over 256K elements unless one row is."""
     chunk, num = _C._plan_cpu_row_chunk_plan(rows, C)
     assert chunk >= 1
     if rows == 0:
         assert num == 0
         return
     assert (num - 1) * chunk < rows <= num * chunk
-    assert chunk * C <= max(65536, C)
-    if num <= 8 and chunk * C < 65536 - C:  # not capped by the length bound
+    assert chunk * C <= max(262144, C)
+    if num <= 8 and chunk * C < 262144 - C:  # not capped by the length bound
         assert num & (num - 1) == 0, "a power of two, so that 2 / 4 / 8 threads get equal shares"
-        assert num == 1 or rows * C // num >= 32768 - C
-        # as many as allowed: doubling would make chunks under 32K elements, or more than 8
-        assert num == 8 or rows * C < 2 * num * 32768
+        assert num == 1 or (rows * C // num >= 32768 - C and rows // num >= 128 - 1)
+        # as many as allowed: doubling would make chunks under 32K elements or 128 rows, or more than 8
+        assert num == 8 or rows * C < 2 * num * 32768 or rows < 2 * num * 128
     if num > 8:
-        assert chunk * C > 65536 - C  # only the length bound makes more than 8
+        assert chunk * C > 262144 - C  # only the length bound makes more than 8
     assert _C._plan_cpu_row_chunk_plan(rows, C) == (chunk, num)
 
 
