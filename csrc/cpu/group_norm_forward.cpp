@@ -63,7 +63,8 @@ struct Forward {
   acc_t* mean_out;  // (N, G)
   acc_t* rstd_out;
   bool stream;    // write y with streaming stores (cpu::streaming_stores_pay)
-  bool prefetch;  // prefetch in software (cpu::software_prefetch_pays)
+  bool prefetch;       // the normalization prefetches in software (cpu::software_prefetch_pays)
+  bool prefetch_sums;  // the NSC statistics do (cpu::sums_prefetch_pays)
   Activation act;  // fused after the affine transform, in the normalize loops
   // Channels per group, divided out once: a 64-bit division costs 40-90 cycles on
   // Skylake-class cores, more than a small image's whole row.
@@ -101,7 +102,7 @@ struct Forward {
     // channel_acc holds 2 * C sums: deviations, then their squares.
     reduce_t* acc_d = channel_acc.data();
     reduce_t* acc_d2 = channel_acc.data() + C;
-    cpu::loop_sum_dev_rows(rows, s1 - s0, C, channel_shift.data(), acc_d, acc_d2, prefetch);
+    cpu::loop_sum_dev_rows(rows, s1 - s0, C, channel_shift.data(), acc_d, acc_d2, prefetch_sums);
     for (int64_t g = 0; g < G; ++g) {
       reduce_t sum_d = 0, sum_d2 = 0;
       for (int64_t c = g * D(); c < (g + 1) * D(); ++c) {
@@ -338,6 +339,7 @@ ForwardResult group_norm_forward_cpu(const Tensor& input, int64_t num_groups,
                                 rstd.mutable_data_ptr<acc_t>(),
                                 cpu::streaming_stores_pay(2 * static_cast<int64_t>(input.nbytes())),
                                 cpu::software_prefetch_pays(static_cast<int64_t>(input.nbytes())),
+                                cpu::sums_prefetch_pays(static_cast<int64_t>(input.nbytes())),
                                 p.activation};
     fwd.run();
   });

@@ -108,17 +108,34 @@ inline bool streaming_stores_pay(int64_t footprint_bytes) {
   return footprint_bytes >= (llc > 0 ? std::min(llc, kStreamingFootprintCap) : kStreamingFootprintCap);
 }
 
-// Whether the channels_last reductions should prefetch their rows in software (simd.h,
-// prefetch_block_ahead): when the data they read, `bytes`, is well beyond what the threads'
-// L2 caches hold, so that it comes from the far slices of the last-level cache or from
-// memory. There the four-row loops ran 1.4-2x faster with it (2x32x64^3 float32
-// channels_last_3d forward, with the float deviations of loops_forward.cpp: 9.5-11.8 -> 5.4-6.3
-// ms); on a few MB already near, it cost up to 10% for long rows (C = 640).
-// GROUPNORM_EXT_CPU_PREFETCH=0 / 1 forces it off / on (read once; for measurements and tests).
+// Whether an elementwise pass (the normalization, grad_input) over `bytes` of input should
+// prefetch its rows in software (simd.h, for_prefetched_steps: input and output ahead): when
+// they are well beyond what the threads' L2 caches hold, so that they come from the far slices of
+// the last-level cache or from memory (2x320x64x64 float32 channels_last forward, x just written
+// by another op: 0.35 -> 0.28 ms); on a few MB already near it cost up to 7%.
+// GROUPNORM_EXT_CPU_PREFETCH=0 / 1 forces it, and sums_prefetch_pays, off / on (read once; for
+// measurements and tests).
 inline bool software_prefetch_pays(int64_t bytes) {
   static const int mode = env_switch("GROUPNORM_EXT_CPU_PREFETCH");
   if (mode >= 0) return mode == 1;
   return bytes >= 4 * l2_cache_bytes() * std::max<int64_t>(1, at::get_num_threads());
+}
+
+// Whether the forward's channels-last statistics (row loops, simd.h prefetch_block_ahead) should
+// prefetch the `bytes` they read: only when those come from memory, past 3/4 of the last-level cache of the cores' domain (capped as in
+// streaming_stores_pay). From memory the four-row loops ran 1.4-2x faster with it (2x32x64^3
+// float32 channels_last_3d forward, 67 MB: 9.5-11.8 -> 5.4-6.3 ms; 1x32x512x512 G = 1, 32 MiB:
+// 1.86 -> 1.76 ms); from the last-level cache it made them 15-25% slower (statistics of
+// 4x640x32x32 and 2x320x64x64 float32, 10 MB: 0.083 -> 0.107 and 0.072 -> 0.087 ms; whole
+// forward of 2x640x64x64, 21 MB: 0.72 -> 0.78 ms). The backward's gradient sums, which read x
+// and dy, kept software_prefetch_pays on one tensor's bytes: the sums of 2x320x64x64 (10 MB a
+// tensor, split schedule) ran 5% faster with it.
+inline bool sums_prefetch_pays(int64_t bytes) {
+  static const int mode = env_switch("GROUPNORM_EXT_CPU_PREFETCH");
+  if (mode >= 0) return mode == 1;
+  const int64_t llc = last_level_cache_bytes();
+  const int64_t cache = llc > 0 ? std::min(llc, kStreamingFootprintCap) : kStreamingFootprintCap;
+  return bytes >= cache / 4 * 3;
 }
 
 // Whether `tasks` equal tasks keep every thread busy (few idle thread-slots at the end).
