@@ -130,3 +130,48 @@ def test_fresh_processes_give_the_same_bits():
         assert digests.keys() == here.keys()
         diff = [k for k in here if here[k] != digests[k]]
         assert not diff, f"a fresh process with {threads} thread(s) differs for {diff}"
+
+
+# Channels-last batches whose schedule changes with N on 2 or 3 threads: per-sample fused (N = 4), split
+# or strips of a few groups' channels (N = 1, 3: forward run_strips), including the float sums redone in
+# double for some channels only (tiny spreads).
+BATCH_CASES = [
+    pytest.param((4, 1280, 8, 8), 32, id="4x1280x8x8-G32"),
+    pytest.param((4, 640, 16, 16), 32, id="4x640x16x16-G32"),
+    pytest.param((4, 512, 3, 5), 4, id="4x512x3x5-G4"),
+    pytest.param((4, 2560, 8, 8), 32, id="4x2560x8x8-G32"),
+    pytest.param((4, 320, 24, 24), 32, id="4x320x24x24-G32"),
+]
+
+
+@pytest.mark.parametrize("spread", ["normal", "tiny"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,G", BATCH_CASES)
+def test_batch_does_not_change_a_samples_bits(shape, G, dtype, spread):
+    """A sample's output, mean and rstd are bitwise the same alone, in a batch of 2 or 3, or of 4, on 2 and 3
+    threads: every schedule makes the same chunks, per-channel sums and folds."""
+    x = make_input(shape, dtype, "channels_last", seed=41)
+    if spread == "tiny":  # the upper half's float deviation sums mostly untrusted (every third channel fine)
+        base = torch.float64 if dtype == torch.float64 else torch.float32
+        x = x.to(base)
+        C = shape[1]
+        tiny = x.clone()
+        tiny[:, C // 2:] = x[:, C // 2:] * 1e-13 + 3e-12
+        tiny[:, C // 2::3] = x[:, C // 2::3]
+        x = tiny.to(dtype).contiguous(memory_format=torch.channels_last)
+    w, b = make_affine(shape[1], dtype, seed=42)
+    saved = torch.get_num_threads()
+    try:
+        for threads in (2, 3):
+            torch.set_num_threads(threads)
+            whole = ops.group_norm_forward(x, G, w, b, 1e-5, "identity")
+            for n in (1, 2, 3):
+                part = ops.group_norm_forward(x[:n].contiguous(memory_format=torch.channels_last), G, w, b, 1e-5,
+                                              "identity")
+                for name, u, v in zip(NAMES, whole, part):
+                    u = u[:n].contiguous()
+                    assert torch.equal(u.view(torch.uint8), v.contiguous().view(torch.uint8)), (
+                        f"{threads} threads, the first {n} of {shape[0]} samples alone: {name} differs bitwise "
+                        f"(max abs diff {(u.double() - v.double()).abs().max().item():.3g})")
+    finally:
+        torch.set_num_threads(saved)

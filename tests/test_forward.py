@@ -350,3 +350,29 @@ def test_layouts_of_random_dense_views_are_torchs():
             fake_gx = ops.group_norm_backward(fake_dy, fake_x, fake_mean, fake_rstd, None, None, G, "identity",
                                               [True, False, False])[0]
         assert fake_y.stride() == theirs.stride() and fake_gx.stride() == gt.stride(), (x.shape, x.stride())
+
+
+# Channels-last shapes whose CPU forward schedule depends on N and the thread count: strips of a few groups'
+# channels (N = 1 or 3 on 2 threads, samples of wide rows within L2), per-sample fused (N = 4), split.
+SCHEDULE_SHAPES = [(1, 512, 3, 5, 4), (3, 1280, 8, 8, 32), (1, 2560, 4, 4, 32), (4, 640, 6, 6, 32),
+                   (1, 640, 48, 48, 32)]
+
+
+@pytest.mark.parametrize("activation", ["identity", "silu"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", SCHEDULE_SHAPES, ids=lambda c: f"{shape_id(c[:4])}-G{c[4]}")
+def test_channels_last_schedules_match_fp64_reference(case, dtype, activation):
+    shape, G = case[:4], case[4]
+    x = make_input(shape, dtype, "channels_last", seed=51)
+    w, b = make_affine(shape[1], dtype, seed=52)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = groupnorm_ext.group_norm(x, G, w, b, 1e-5, activation=activation)
+    finally:
+        torch.set_num_threads(saved)
+    expected, _, _ = ref_group_norm(x, G, w, b, 1e-5)
+    if activation == "silu":
+        expected = F.silu(expected)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.double(), expected, **forward_tol(dtype, x, G, w))

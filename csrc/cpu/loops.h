@@ -54,12 +54,13 @@ using reduce_t = double;
   void loop_normalize_runs(const T* x, T* y, int64_t runs, int64_t len, const opmath_t<T>* mean, \
                            const opmath_t<T>* scale, const opmath_t<T>* bias, Activation act, \
                            bool stream, bool prefetch);                                      \
-  /* NSC apply over `rows` rows of C channels: y[r, c] = act((x[r, c] - mean[c]) * scale[c]  \
-     + bias[c]); `prefetch`: software-prefetch input and output rows ahead (see              \
-     software_prefetch_pays; not with `stream`) */                                           \
-  void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const opmath_t<T>* mean, \
-                           const opmath_t<T>* scale, const opmath_t<T>* bias, Activation act, \
-                           bool stream, bool prefetch);                                      \
+  /* NSC apply over `rows` rows of C channels, rows `ld` >= C elements apart (ld > C: a strip \
+     of each row): y[r, c] = act((x[r, c] - mean[c]) * scale[c] + bias[c]); `prefetch`:       \
+     software-prefetch input and output rows ahead (see software_prefetch_pays; only with     \
+     ld == C, not with `stream`) */                                                          \
+  void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C, int64_t ld,            \
+                           const opmath_t<T>* mean, const opmath_t<T>* scale,                \
+                           const opmath_t<T>* bias, Activation act, bool stream, bool prefetch); \
   /* The backward's dL/dz of a fused activation (loops_activation.cpp): dz = dy * act'(z),    \
      z = (x - mean) * scale + bias recomputed as the forward computes it; one coefficient     \
      set for the run (NCS), per run (NCS rows), per channel (NSC rows). */                    \
@@ -71,10 +72,11 @@ using reduce_t = double;
   void loop_activation_grad_rows(const T* dy, const T* x, T* dz, int64_t rows, int64_t C,     \
                                  const opmath_t<T>* mean, const opmath_t<T>* scale,          \
                                  const opmath_t<T>* bias, Activation act);                   \
-  /* per-channel sums over `rows` rows of d = x[r, c] - shift[c] (shift[c] a value of the     \
-     data, or a mean): sets sum_d[c] = sum of d, sum_d2[c] = sum of d^2. The row loops take  \
-     `prefetch`: software-prefetch rows ahead (see software_prefetch_pays in schedule.h) */  \
-  void loop_sum_dev_rows(const T* x, int64_t rows, int64_t C, const reduce_t* shift,         \
+  /* per-channel sums over `rows` rows of C channels, `ld` >= C apart, of d = x[r, c] -       \
+     shift[c] (shift[c] a value of the data): sets sum_d[c] = sum of d, sum_d2[c] = sum of   \
+     d^2; each channel's sums are the same whatever C and ld (a strip of the rows gets the    \
+     bits of the whole rows). `prefetch`: software-prefetch rows ahead (sums_prefetch_pays) */ \
+  void loop_sum_dev_rows(const T* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* shift, \
                          reduce_t* sum_d, reduce_t* sum_d2, bool prefetch);                  \
   /* sums of dy and of dy * (x - mean) over a run */                                         \
   void loop_grad_sums(const T* dy, const T* x, int64_t n, reduce_t mean, reduce_t* sum_dy,   \

@@ -174,8 +174,9 @@ GN_INLINE void normalize_impl(const T* x, T* y, int64_t n, acc_t mean, acc_t sca
 // call per row would cost more than its arithmetic.
 template <Activation act, typename T, typename acc_t = opmath_t<T>>
 GN_INLINE void normalize_rows_impl(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean,
-                                   const acc_t* scale, const acc_t* bias) {
-  for (int64_t r = 0; r < rows; ++r, x += C, y += C) {
+                                   const acc_t* scale, const acc_t* bias, int64_t ld = 0) {
+  if (ld == 0) ld = C;
+  for (int64_t r = 0; r < rows; ++r, x += ld, y += ld) {
     for (int64_t i = 0; i < C; ++i) {
       y[i] = static_cast<T>(activation_forward<act>((load<acc_t>(x + i) - mean[i]) * scale[i] + bias[i]));
     }
@@ -260,8 +261,8 @@ GN_INLINE void normalize_runs(const T* x, T* y, int64_t runs, int64_t len, const
 // another op, 2 cores: 0.35 -> 0.28 ms; from memory: 0.55 -> 0.49 ms; the input alone ahead
 // gave 0.56 -> 0.54). Streamed output needs no read, and its loop has no prefetch.
 template <Activation act, typename T, typename acc_t = opmath_t<T>>
-GN_INLINE void normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean, const acc_t* scale,
-                              const acc_t* bias, bool stream, bool prefetch) {
+GN_INLINE void normalize_whole_rows(const T* x, T* y, int64_t rows, int64_t C, const acc_t* mean, const acc_t* scale,
+                                    const acc_t* bias, bool stream, bool prefetch) {
   if constexpr (std::is_same_v<T, c10::Half>) {
     if (f16c_loops()) {
       if constexpr (act == Activation::Identity) return normalize_rows_f16c(x, y, rows, C, mean, scale, bias, stream);
@@ -282,6 +283,27 @@ GN_INLINE void normalize_rows(const T* x, T* y, int64_t rows, int64_t C, const a
     normalize_rows_impl<act>(x + b, out, 1, len, k.at(0), k.at(1), k.at(2));
     k.advance(len, C);
   });
+}
+
+// Rows `ld` apart, of which the loop covers C channels (ld > C: a strip, Forward::run_strips,
+// whose data sit in cache: no prefetch). A row at a time; streamed, a row's coefficients start
+// at its first channel, so it needs no WrappedCoefficients.
+template <Activation act, typename T, typename acc_t = opmath_t<T>>
+GN_INLINE void normalize_rows(const T* x, T* y, int64_t rows, int64_t C, int64_t ld, const acc_t* mean,
+                              const acc_t* scale, const acc_t* bias, bool stream, bool prefetch) {
+  if (ld == C) return normalize_whole_rows<act>(x, y, rows, C, mean, scale, bias, stream, prefetch);
+  bool half_f16c = false;
+  if constexpr (std::is_same_v<T, c10::Half>) half_f16c = f16c_loops();
+  if (!stream && !half_f16c) return normalize_rows_impl<act>(x, y, rows, C, mean, scale, bias, ld);
+  for (int64_t r = 0; r < rows; ++r, x += ld, y += ld) {
+    if (stream && !half_f16c) {
+      write_streamed(y, C, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {
+        normalize_rows_impl<act>(x + b, out, 1, len, mean + b, scale + b, bias + b);
+      });
+    } else {
+      normalize_whole_rows<act>(x, y, 1, C, mean, scale, bias, stream, false);
+    }
+  }
 }
 
 // The per-channel sums live in memory (C can be thousands), so each row costs a load and a
@@ -330,9 +352,9 @@ GN_INLINE void sum_dev_rows_row_order(const T* x, int64_t rows, int64_t width, i
 // (2 cores: 4x1280x8x8 float32 forward 0.037 -> 0.031 ms, 8x1280x8x8 0.063 -> 0.057,
 // 1x2560x8x8 0.032 -> 0.028).
 template <typename dev_t, typename T>
-GN_INLINE void sum_dev_rows_as(const T* x, int64_t rows, int64_t C, const reduce_t* shift, reduce_t* sum_d,
-                               reduce_t* sum_d2, bool prefetch) {
-  sum_dev_rows_row_order<dev_t>(x, rows, C, C, shift, sum_d, sum_d2, prefetch);
+GN_INLINE void sum_dev_rows_as(const T* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* shift,
+                               reduce_t* sum_d, reduce_t* sum_d2, bool prefetch) {
+  sum_dev_rows_row_order<dev_t>(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);
 }
 
 // Float deviations for float / bfloat16 / half data: a quarter of the vector work of double
@@ -346,19 +368,35 @@ GN_INLINE void sum_dev_rows_as(const T* x, int64_t rows, int64_t C, const reduce
 // unless its deviations are all exactly zero (sums 0 and 0: a constant channel).
 constexpr reduce_t kFloatMinSquareMean = 1e-24;
 
+// Float sums that cannot be trusted are formed again in double channel by channel (runs of
+// such channels at a time), not for every channel of the call: a channel's sums then depend on
+// its own data only, and a strip of the rows (Forward::run_strips) gets the same bits as the
+// whole rows.
 template <typename T>
-GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, const reduce_t* shift, reduce_t* sum_d,
-                                 reduce_t* sum_d2, bool prefetch) {
+GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* shift,
+                                 reduce_t* sum_d, reduce_t* sum_d2, bool prefetch) {
   if constexpr (!std::is_same_v<T, double>) {
     bool done = false;
     if constexpr (std::is_same_v<T, c10::Half>) {
-      if ((done = f16c_loops())) sum_dev_rows_f16c(x, rows, C, shift, sum_d, sum_d2, prefetch);
+      if ((done = f16c_loops())) sum_dev_rows_f16c(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);
     }
-    if (!done) sum_dev_rows_as<float>(x, rows, C, shift, sum_d, sum_d2, prefetch);
+    if (!done) sum_dev_rows_as<float>(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);
     const reduce_t floor = kFloatMinSquareMean * static_cast<reduce_t>(rows);
     if (float_sums_trusted(sum_d, sum_d2, C, floor)) return;
+    const auto trusted = [&](int64_t c) { return float_sums_trusted(sum_d + c, sum_d2 + c, 1, floor); };
+    for (int64_t c = 0; c < C;) {
+      if (trusted(c)) {
+        ++c;
+        continue;
+      }
+      int64_t end = c + 1;
+      while (end < C && !trusted(end)) ++end;
+      sum_dev_rows_as<reduce_t>(x + c, rows, end - c, ld, shift + c, sum_d + c, sum_d2 + c, prefetch);
+      c = end;
+    }
+    return;
   }
-  sum_dev_rows_as<reduce_t>(x, rows, C, shift, sum_d, sum_d2, prefetch);
+  sum_dev_rows_as<reduce_t>(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);
 }
 
 }  // namespace
@@ -391,17 +429,18 @@ GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, const redu
       normalize_runs<decltype(a)::value>(x, y, runs, len, mean, scale, bias, stream, prefetch); \
     });                                                                                        \
   }                                                                                            \
-  GN_CLONES void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C,                \
+  GN_CLONES void loop_normalize_rows(const T* x, T* y, int64_t rows, int64_t C, int64_t ld,    \
                                      const opmath_t<T>* mean, const opmath_t<T>* scale,        \
                                      const opmath_t<T>* bias, Activation act, bool stream,     \
                                      bool prefetch) {                                          \
     dispatch_activation(act, [&](auto a) GN_LAMBDA_INLINE {                                    \
-      normalize_rows<decltype(a)::value>(x, y, rows, C, mean, scale, bias, stream, prefetch);  \
+      normalize_rows<decltype(a)::value>(x, y, rows, C, ld, mean, scale, bias, stream, prefetch); \
     });                                                                                        \
   }                                                                                            \
-  GN_CLONES void loop_sum_dev_rows(const T* x, int64_t rows, int64_t C, const reduce_t* shift, \
-                                   reduce_t* sum_d, reduce_t* sum_d2, bool prefetch) {         \
-    sum_dev_rows_impl(x, rows, C, shift, sum_d, sum_d2, prefetch);                             \
+  GN_CLONES void loop_sum_dev_rows(const T* x, int64_t rows, int64_t C, int64_t ld,            \
+                                   const reduce_t* shift, reduce_t* sum_d, reduce_t* sum_d2,   \
+                                   bool prefetch) {                                            \
+    sum_dev_rows_impl(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);                         \
   }
 
 GN_DEFINE_FORWARD_LOOPS(float)

@@ -176,9 +176,9 @@ void normalize_rows_f16c(const c10::Half* x, c10::Half* y, int64_t rows, int64_t
                          const float* scale, const float* bias, bool stream) {
   GN_F16C_DISPATCH(normalize_rows(x, y, rows, C, mean, scale, bias, stream))
 }
-void sum_dev_rows_f16c(const c10::Half* x, int64_t rows, int64_t C, const reduce_t* shift, reduce_t* sum_d,
+void sum_dev_rows_f16c(const c10::Half* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* shift, reduce_t* sum_d,
                        reduce_t* sum_d2, bool prefetch) {
-  GN_F16C_DISPATCH(sum_dev_rows(x, rows, C, shift, sum_d, sum_d2, prefetch))
+  GN_F16C_DISPATCH(sum_dev_rows(x, rows, C, ld, shift, sum_d, sum_d2, prefetch))
 }
 void grad_input_runs_f16c(const c10::Half* dy, const c10::Half* x, c10::Half* dx, int64_t runs, int64_t len,
                           const float* a, const float* mean, const float* rstd, const float* kxhat, const float* kc,
@@ -208,7 +208,7 @@ void normalize_rows_f16c(const c10::Half*, c10::Half*, int64_t, int64_t, const f
                          bool) {
   std::abort();
 }
-void sum_dev_rows_f16c(const c10::Half*, int64_t, int64_t, const reduce_t*, reduce_t*, reduce_t*, bool) {
+void sum_dev_rows_f16c(const c10::Half*, int64_t, int64_t, int64_t, const reduce_t*, reduce_t*, reduce_t*, bool) {
   std::abort();
 }
 void grad_input_runs_f16c(const c10::Half*, const c10::Half*, c10::Half*, int64_t, int64_t, const float*,

@@ -73,7 +73,7 @@ void normalize_rows_f16c(const c10::Half* x, c10::Half* y, int64_t rows, int64_t
 
 // loop_sum_dev_rows's float pass (loops_forward.cpp, sum_dev_rows_as<float>): the same
 // per-channel sums in the same order (column blocks for few rows, else four rows at a time).
-void sum_dev_rows_f16c(const c10::Half* x, int64_t rows, int64_t C, const reduce_t* shift, reduce_t* sum_d,
+void sum_dev_rows_f16c(const c10::Half* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* shift, reduce_t* sum_d,
                        reduce_t* sum_d2, bool prefetch);
 
 // The backward's loop_grad_input_runs / loop_grad_input_rows, and loop_grad_sums_rows's float
