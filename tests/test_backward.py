@@ -255,3 +255,28 @@ def test_bias_only_gradients_without_saved_bias():
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda x, b: groupnorm_ext.group_norm(x, 2, None, b), (x, b))
     torch.autograd.gradgradcheck(lambda x, b: groupnorm_ext.group_norm(x, 2, None, b), (x, b))
+
+
+# ------------------------------------------------------------------ channels-last schedules vs fp64
+# Shapes whose CPU backward schedule depends on N and the thread count: strips of a few groups' channels
+# (N = 1 or 3 on 2 threads, x and dy of a strip within L2), per-sample fused (N = 4), split.
+SCHEDULE_SHAPES = [(1, 512, 3, 5, 4), (3, 1280, 8, 8, 32), (1, 2560, 4, 4, 32), (4, 640, 6, 6, 32),
+                   (1, 640, 40, 40, 32)]
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(d, id=str(d)[6:])
+                                   for d in (torch.float32, torch.float64, torch.bfloat16, torch.float16)])
+@pytest.mark.parametrize("case", SCHEDULE_SHAPES, ids=lambda c: f"{shape_id(c[:4])}-G{c[4]}")
+def test_channels_last_schedules_match_reference(case, dtype):
+    shape, G = case[:4], case[4]
+    x = make_input(shape, dtype, "channels_last", seed=61)
+    w, b = make_affine(shape[1], dtype, seed=62)
+    gy = make_grad_out(shape, dtype, "channels_last", seed=63)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        got = ext_grads(x, G, w, b, gy)
+    finally:
+        torch.set_num_threads(saved)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    assert_grads_close(got, ref_grads(x, G, w, b, gy), **tol(dtype, grad=True))

@@ -133,8 +133,8 @@ def test_fresh_processes_give_the_same_bits():
 
 
 # Channels-last batches whose schedule changes with N on 2 or 3 threads: per-sample fused (N = 4), split
-# or strips of a few groups' channels (N = 1, 3: forward run_strips), including the float sums redone in
-# double for some channels only (tiny spreads).
+# or strips of a few groups' channels (N = 1, 3: run_strips), including the float sums redone in double
+# for some channels only (tiny spreads).
 BATCH_CASES = [
     pytest.param((4, 1280, 8, 8), 32, id="4x1280x8x8-G32"),
     pytest.param((4, 640, 16, 16), 32, id="4x640x16x16-G32"),
@@ -148,10 +148,10 @@ BATCH_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,G", BATCH_CASES)
 def test_batch_does_not_change_a_samples_bits(shape, G, dtype, spread):
-    """A sample's output, mean and rstd are bitwise the same alone, in a batch of 2 or 3, or of 4, on 2 and 3
-    threads: every schedule makes the same chunks, per-channel sums and folds."""
+    """A sample's output, mean, rstd and grad_input are bitwise the same alone, in a batch of 2 or 3, or of 4,
+    on 2 and 3 threads: every schedule makes the same chunks, per-channel sums and folds."""
     x = make_input(shape, dtype, "channels_last", seed=41)
-    if spread == "tiny":  # the upper half's float deviation sums mostly untrusted (every third channel fine)
+    if spread == "tiny":  # the upper half's float deviation sums mostly untrusted (every third channel fine),
         base = torch.float64 if dtype == torch.float64 else torch.float32
         x = x.to(base)
         C = shape[1]
@@ -160,14 +160,28 @@ def test_batch_does_not_change_a_samples_bits(shape, G, dtype, spread):
         tiny[:, C // 2::3] = x[:, C // 2::3]
         x = tiny.to(dtype).contiguous(memory_format=torch.channels_last)
     w, b = make_affine(shape[1], dtype, seed=42)
+    gy = make_grad_out(shape, dtype, "channels_last", seed=43)
+    if spread == "tiny":  # and the upper half's gradient sums under the float floor (1e-30), every third fine
+        base = torch.float64 if dtype == torch.float64 else torch.float32
+        C = shape[1]
+        small = gy.to(base)
+        small[:, C // 2:] *= 1e-33
+        small[:, C // 2::3] = gy[:, C // 2::3].to(base)
+        gy = small.to(dtype).contiguous(memory_format=torch.channels_last)
+
+    def results(n):
+        xs, gys = (t[:n].contiguous(memory_format=torch.channels_last) for t in (x, gy))
+        out, mean, rstd = ops.group_norm_forward(xs, G, w, b, 1e-5, "identity")
+        grad_input = ops.group_norm_backward(gys, xs, mean, rstd, w, b, G, "identity", [True, False, False])[0]
+        return out, mean, rstd, grad_input
+
     saved = torch.get_num_threads()
     try:
         for threads in (2, 3):
             torch.set_num_threads(threads)
-            whole = ops.group_norm_forward(x, G, w, b, 1e-5, "identity")
+            whole = results(shape[0])
             for n in (1, 2, 3):
-                part = ops.group_norm_forward(x[:n].contiguous(memory_format=torch.channels_last), G, w, b, 1e-5,
-                                              "identity")
+                part = results(n)
                 for name, u, v in zip(NAMES, whole, part):
                     u = u[:n].contiguous()
                     assert torch.equal(u.view(torch.uint8), v.contiguous().view(torch.uint8)), (

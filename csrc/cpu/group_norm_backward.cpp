@@ -88,13 +88,15 @@ struct Backward {
     cpu::loop_grad_sums(dy + off, x + off, p.end(k, sh.S) - s0, group_mean, s_dy, s_dy_xc);
   }
 
-  // NSC: per-channel sums of sample n over rows of chunk k, into part_dy[0..C), part_dy_xc[0..C).
-  void chunk_sums_nsc(const ChunkPlan& p, int64_t n, int64_t k, const reduce_t* channel_mean, reduce_t* part_dy,
-                      reduce_t* part_dy_xc) const {
-    const int64_t off = sh.offset(n, 0, p.begin(k));
+  // NSC: per-channel sums of sample n over rows of chunk k, channels [c0, c0 + width) (all C,
+  // or a strip: run_strips, no fused activation), into part_dy[0..width), part_dy_xc[0..width);
+  // channel_mean[0..width) of those channels.
+  void chunk_sums_nsc(const ChunkPlan& p, int64_t n, int64_t k, int64_t c0, int64_t width,
+                      const reduce_t* channel_mean, reduce_t* part_dy, reduce_t* part_dy_xc) const {
+    const int64_t off = sh.offset(n, 0, p.begin(k)) + c0;
     if (act_grad) act_grad->nsc_rows(n, p.begin(k), p.end(k, sh.S));
-    cpu::loop_grad_sums_rows(dy + off, x + off, p.end(k, sh.S) - p.begin(k), sh.C, channel_mean, part_dy, part_dy_xc,
-                             prefetch);
+    cpu::loop_grad_sums_rows(dy + off, x + off, p.end(k, sh.S) - p.begin(k), width, sh.C, channel_mean, part_dy,
+                             part_dy_xc, prefetch);
   }
 
   void channel_means(int64_t n, reduce_t* channel_mean) const {
@@ -145,10 +147,11 @@ struct Backward {
         });
   }
 
-  // dx for rows [s0, s1) of sample n of an NSC tensor.
-  void grad_input_nsc(int64_t n, int64_t s0, int64_t s1, const acc_t* coeffs, int64_t ld, int64_t col0) const {
-    const int64_t o = sh.offset(n, 0, s0);
-    cpu::loop_grad_input_rows(dy + o, x + o, dx + o, s1 - s0, sh.C, coeffs + col0, coeffs + ld + col0,
+  // dx for rows [s0, s1) of sample n of an NSC tensor, channels [c0, c0 + width).
+  void grad_input_nsc(int64_t n, int64_t s0, int64_t s1, int64_t c0, int64_t width, const acc_t* coeffs, int64_t ld,
+                      int64_t col0) const {
+    const int64_t o = sh.offset(n, 0, s0) + c0;
+    cpu::loop_grad_input_rows(dy + o, x + o, dx + o, s1 - s0, width, sh.C, coeffs + col0, coeffs + ld + col0,
                               coeffs + 2 * ld + col0, coeffs + 3 * ld + col0, coeffs + 4 * ld + col0, stream,
                               prefetch);
   }
@@ -160,6 +163,12 @@ struct Backward {
     if (dx && slab_bytes <= cpu::fuse_budget_bytes() && cpu::balances_threads(ncs ? N * G : N)) {
       ncs ? run_fused_ncs() : run_fused_nsc();
       return;
+    }
+    if (!ncs && dx && !stream && !act_grad) {
+      if (const int64_t strips = nsc_strips(); strips > 1) {
+        run_strips(strips);
+        return;
+      }
     }
     const ChunkPlan p = plan();
     const int64_t K = p.num_chunks;
@@ -185,7 +194,7 @@ struct Backward {
         std::vector<reduce_t> channel_mean(C);
         for (int64_t t = begin; t < end; ++t) {
           channel_means(t / K, channel_mean.data());
-          chunk_sums_nsc(p, t / K, t % K, channel_mean.data(), &part[t * C], &part[(N * K + t) * C]);
+          chunk_sums_nsc(p, t / K, t % K, 0, C, channel_mean.data(), &part[t * C], &part[(N * K + t) * C]);
         }
       });
       for (int64_t n = 0; n < N; ++n) {
@@ -218,7 +227,7 @@ struct Backward {
       const cpu::StreamingStoresFence fence{stream};
       cpu::for_blocks(begin, end, grain_rows, [&](int64_t r0, int64_t r1) {
         cpu::for_sample_rows(r0, r1, sh.S, [&](int64_t n, int64_t s0, int64_t s1) {
-          grad_input_nsc(n, s0, s1, coeffs.data(), N * C, n * C);
+          grad_input_nsc(n, s0, s1, 0, C, coeffs.data(), N * C, n * C);
         });
       });
     });
@@ -296,6 +305,58 @@ struct Backward {
     });
   }
 
+  // The strips of Forward::nsc_strips, x and dy of a strip within one L2 cache.
+  int64_t nsc_strips() const {
+    const int64_t C = sh.C, G = sh.groups;
+    for (int64_t strips = 2; strips <= G && G % strips == 0; strips *= 2) {
+      const int64_t width = C / strips;
+      if (width * static_cast<int64_t>(sizeof(T)) < cpu::kMinStripBytes || width % cpu::kStripChannelMultiple != 0) {
+        break;
+      }
+      if (cpu::balances_threads(sh.N * strips) &&
+          2 * sh.S * width * static_cast<int64_t>(sizeof(T)) <= cpu::l2_cache_bytes()) {
+        return strips;
+      }
+    }
+    return 1;
+  }
+
+  // NSC strips as Forward::run_strips: each task sums a strip of a sample (a few whole groups'
+  // channels, all rows) and forms its dx while x and dy are in L2, where the split schedule
+  // leaves the sums of a one-chunk sample to one thread and reads x and dy twice. The same
+  // chunks, per-channel sums (loop_grad_sums_rows: a strip of the rows gets the bits of the whole
+  // rows) and chunk order: the bits of the other schedules.
+  void run_strips(int64_t strips) const {
+    const ChunkPlan p = plan();
+    const int64_t K = p.num_chunks, G = sh.groups, C = sh.C;
+    const int64_t width = C / strips, strip_groups = G / strips;
+    at::parallel_for(0, sh.N * strips, cpu::grain_for(2 * width * sh.S), [&](int64_t begin, int64_t end) {
+      const cpu::StreamingStoresFence fence{stream};
+      std::vector<reduce_t> channel_mean(C), part(2 * width);
+      std::vector<acc_t> coeffs(5 * width);
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t n = t / strips, g0 = t % strips * strip_groups, c0 = g0 * D();
+        channel_means(n, channel_mean.data());
+        reduce_t* const s_dy = sum_dy + n * C + c0;
+        reduce_t* const s_dy_xc = sum_dy_xc + n * C + c0;
+        std::fill(s_dy, s_dy + width, reduce_t(0));
+        std::fill(s_dy_xc, s_dy_xc + width, reduce_t(0));
+        for (int64_t k = 0; k < K; ++k) {
+          chunk_sums_nsc(p, n, k, c0, width, channel_mean.data() + c0, part.data(), part.data() + width);
+          for (int64_t c = 0; c < width; ++c) {
+            s_dy[c] += part[c];
+            s_dy_xc[c] += part[width + c];
+          }
+        }
+        for (int64_t g = 0; g < strip_groups; ++g) group_coefficients(n, g0 + g, coeffs.data(), width, g * D());
+        const int64_t block_rows = std::max<int64_t>(1, kApplyGrainElems / width);
+        cpu::for_blocks(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
+          grad_input_nsc(n, s0, s1, c0, width, coeffs.data(), width, 0);
+        });
+      }
+    });
+  }
+
   void run_fused_nsc() const {
     const ChunkPlan p = plan();
     const int64_t K = p.num_chunks, G = sh.groups, C = sh.C;
@@ -308,7 +369,7 @@ struct Backward {
         std::fill(sum_dy + n * C, sum_dy + (n + 1) * C, reduce_t(0));
         std::fill(sum_dy_xc + n * C, sum_dy_xc + (n + 1) * C, reduce_t(0));
         for (int64_t k = 0; k < K; ++k) {
-          chunk_sums_nsc(p, n, k, channel_mean.data(), part.data(), part.data() + C);
+          chunk_sums_nsc(p, n, k, 0, C, channel_mean.data(), part.data(), part.data() + C);
           for (int64_t c = 0; c < C; ++c) {
             sum_dy[n * C + c] += part[c];
             sum_dy_xc[n * C + c] += part[C + c];
@@ -317,7 +378,7 @@ struct Backward {
         for (int64_t g = 0; g < G; ++g) group_coefficients(n, g, coeffs.data(), C, g * D());
         const int64_t block_rows = std::max<int64_t>(1, kApplyGrainElems / C);
         cpu::for_blocks(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
-          grad_input_nsc(n, s0, s1, coeffs.data(), C, 0);
+          grad_input_nsc(n, s0, s1, 0, C, coeffs.data(), C, 0);
         });
       }
     });

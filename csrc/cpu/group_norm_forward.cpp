@@ -39,12 +39,6 @@ constexpr int64_t kApplyGrainElems = 32768;
 constexpr int64_t kSmallSlabBytes = 4096;
 constexpr int64_t kSmallSlabBatchRows = 1024;
 constexpr int64_t kSmallSlabBatchBytes = 16384;
-// NSC strips (run_strips): at least kMinStripBytes of each row, so that the hardware prefetchers
-// see long runs of whole lines (strips of 120 bytes ran 2x slower than whole rows, of 256 bytes
-// 1.3x), and a multiple of 16 channels: no channel of a strip falls in a vector loop's tail
-// where it did not in the whole rows.
-constexpr int64_t kMinStripBytes = 1024;
-constexpr int64_t kStripChannelMultiple = 16;
 
 // NCS: the default plan (chunks of ~8K elements, each reduced by the two-pass loop_moments
 // while it sits in L1/L2). NSC: blocks of whole rows, make_cpu_row_chunk_plan (a chunk's
@@ -253,15 +247,15 @@ struct Forward {
 
   // The strips an NSC sample is cut into for run_strips: the fewest, a power of two dividing G,
   // that give the threads equal work over the batch with each strip within one L2 cache;
-  // strips of whole groups, at least kMinStripBytes of each row and a multiple of
-  // kStripChannelMultiple channels. 1 (no strips) where none qualifies: there the split
+  // strips of whole groups, at least cpu::kMinStripBytes of each row and a multiple of
+  // cpu::kStripChannelMultiple channels. 1 (no strips) where none qualifies: there the split
   // schedule was as fast or faster (2 cores: strips of 256-byte row pieces 1.3x slower on
   // 1x128x64x64, strips of 1.3-2.6 MB 1.2x slower on 1x640x32x32 and 1x1280x32x32).
   int64_t nsc_strips() const {
     const int64_t C = sh.C, G = sh.groups;
     for (int64_t strips = 2; strips <= G && G % strips == 0; strips *= 2) {
       const int64_t width = C / strips;
-      if (width * static_cast<int64_t>(sizeof(T)) < kMinStripBytes || width % kStripChannelMultiple != 0) break;
+      if (width * static_cast<int64_t>(sizeof(T)) < cpu::kMinStripBytes || width % cpu::kStripChannelMultiple != 0) break;
       if (cpu::balances_threads(sh.N * strips) &&
           sh.S * width * static_cast<int64_t>(sizeof(T)) <= cpu::l2_cache_bytes()) {
         return strips;

@@ -89,9 +89,10 @@ using reduce_t = double;
      mean[s], into sum_dy[s * runs + r]: the NCS sums of many small slabs in one call */    \
   void loop_grad_sums_slabs(const T* dy, const T* x, int64_t slabs, int64_t runs, int64_t len, \
                             const opmath_t<T>* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc);  \
-  /* per-channel sums over rows: sum_dy[c] = sum of dy[r, c], sum_dy_xc[c] = sum of           \
-     dy * (x - mean[c]) */                                                                   \
-  void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C,                 \
+  /* per-channel sums over rows of C channels, `ld` >= C apart: sum_dy[c] = sum of dy[r, c],   \
+     sum_dy_xc[c] = sum of dy * (x - mean[c]); each channel's the same whatever C and ld (a    \
+     strip of the rows gets the bits of the whole rows) */                                    \
+  void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C, int64_t ld,     \
                            const reduce_t* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc,      \
                            bool prefetch);                                                   \
   /* dx = a * dy + ((x - mean) * rstd) * kxhat + kc, one coefficient set for the run.       \
@@ -105,9 +106,10 @@ using reduce_t = double;
                             const opmath_t<T>* a, const opmath_t<T>* mean,                   \
                             const opmath_t<T>* rstd, const opmath_t<T>* kxhat,               \
                             const opmath_t<T>* kc, bool stream);                             \
-  /* the same over `rows` rows of C channels with per-channel coefficients (NSC); `prefetch`: \
-     software-prefetch dy, x and dx rows ahead (as loop_normalize_rows; not with `stream`) */ \
-  void loop_grad_input_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C,         \
+  /* the same over `rows` rows of C channels, `ld` >= C apart, with per-channel coefficients \
+     (NSC); `prefetch`: software-prefetch dy, x and dx rows ahead (as loop_normalize_rows;     \
+     only with ld == C, not with `stream`) */                                                \
+  void loop_grad_input_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, int64_t ld, \
                             const opmath_t<T>* a, const opmath_t<T>* mean,                   \
                             const opmath_t<T>* rstd, const opmath_t<T>* kxhat,               \
                             const opmath_t<T>* kc, bool stream, bool prefetch);

@@ -259,39 +259,52 @@ GN_INLINE void grad_sums_column_block(const T* dy, const T* x, int64_t rows, int
 }
 
 template <typename sum_t, typename T>
-GN_INLINE void grad_sums_rows_as(const T* dy, const T* x, int64_t rows, int64_t C, const reduce_t* mean,
+GN_INLINE void grad_sums_rows_as(const T* dy, const T* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* mean,
                                  reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch) {
   const int64_t c = for_column_blocks(rows, C, [&](int64_t c0) GN_LAMBDA_INLINE {
-    grad_sums_column_block<sum_t>(dy + c0, x + c0, rows, C, mean + c0, sum_dy + c0, sum_dy_xc + c0);
+    grad_sums_column_block<sum_t>(dy + c0, x + c0, rows, ld, mean + c0, sum_dy + c0, sum_dy_xc + c0);
   });
-  if (c < C) grad_sums_rows_row_order<sum_t>(dy + c, x + c, rows, C - c, C, mean + c, sum_dy + c, sum_dy_xc + c, prefetch);
+  if (c < C) {
+    grad_sums_rows_row_order<sum_t>(dy + c, x + c, rows, C - c, ld, mean + c, sum_dy + c, sum_dy_xc + c, prefetch);
+  }
 }
 
 // Float terms for float / bfloat16 / half data (half the widening of double; 20-30% of a
 // channels-last backward), as grad_sums_float: each term within 2^-23 of its double value, a
 // four-row float sum within 3 roundings of its terms' magnitude, then double sums, corrected
 // for the float centre: sum dy * (x - mean) = sum dy * (x - m) - (mean - m) * sum dy. Channels
-// float cannot be trusted with send the whole call to double: Inf / NaN (overflow of a
-// product past 3e38, or such data), and a |sum of products| under kFloatSumFloor, where
-// products may have fallen below float's normal range -- unless both sums are exactly zero
-// (a channel whose dy is all zeros).
+// float cannot be trusted with are summed again in double, a run of such channels at a time
+// (a channel's sums then depend on its own data only: a strip of the rows, Backward::run_strips,
+// gets the bits of the whole rows): Inf / NaN (overflow of a product past 3e38, or such data),
+// and a |sum of products| under kFloatSumFloor, where products may have fallen below float's
+// normal range -- unless both sums are exactly zero (a channel whose dy is all zeros).
 template <typename T>
-GN_INLINE void grad_sums_rows_impl(const T* dy, const T* x, int64_t rows, int64_t C, const reduce_t* mean,
+GN_INLINE void grad_sums_rows_impl(const T* dy, const T* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* mean,
                                    reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch) {
   if constexpr (!std::is_same_v<T, double>) {
     bool done = false;
     if constexpr (std::is_same_v<T, c10::Half>) {
-      if ((done = f16c_loops())) grad_sums_rows_f16c(dy, x, rows, C, mean, sum_dy, sum_dy_xc, prefetch);
+      if ((done = f16c_loops())) grad_sums_rows_f16c(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch);
     }
-    if (!done) grad_sums_rows_as<float>(dy, x, rows, C, mean, sum_dy, sum_dy_xc, prefetch);
-    if (float_sums_trusted(sum_dy, sum_dy_xc, C, kFloatSumFloor)) {
-      for (int64_t i = 0; i < C; ++i) {
-        sum_dy_xc[i] -= (mean[i] - static_cast<reduce_t>(static_cast<float>(mean[i]))) * sum_dy[i];
+    if (!done) grad_sums_rows_as<float>(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch);
+    const bool all_trusted = float_sums_trusted(sum_dy, sum_dy_xc, C, kFloatSumFloor);
+    const auto trusted = [&](int64_t c) {
+      return all_trusted || float_sums_trusted(sum_dy + c, sum_dy_xc + c, 1, kFloatSumFloor);
+    };
+    for (int64_t c = 0; c < C;) {
+      if (trusted(c)) {
+        sum_dy_xc[c] -= (mean[c] - static_cast<reduce_t>(static_cast<float>(mean[c]))) * sum_dy[c];
+        ++c;
+        continue;
       }
-      return;
+      int64_t end = c + 1;
+      while (end < C && !trusted(end)) ++end;
+      grad_sums_rows_as<reduce_t>(dy + c, x + c, rows, end - c, ld, mean + c, sum_dy + c, sum_dy_xc + c, prefetch);
+      c = end;
     }
+    return;
   }
-  grad_sums_rows_as<reduce_t>(dy, x, rows, C, mean, sum_dy, sum_dy_xc, prefetch);
+  grad_sums_rows_as<reduce_t>(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch);
 }
 
 // Parenthesised so that each multiply has exactly one add to contract with: where the clone
@@ -368,9 +381,9 @@ GN_INLINE bool grad_input_rows_on_f16c(const T* dy, const T* x, T* dx, int64_t r
     }                                                                                          \
   }                                                                                            \
   GN_CLONES void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C,        \
-                                     const reduce_t* mean, reduce_t* sum_dy,                   \
+                                     int64_t ld, const reduce_t* mean, reduce_t* sum_dy,       \
                                      reduce_t* sum_dy_xc, bool prefetch) {                     \
-    grad_sums_rows_impl(dy, x, rows, C, mean, sum_dy, sum_dy_xc, prefetch);                    \
+    grad_sums_rows_impl(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch);                \
   }                                                                                            \
   GN_CLONES void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,     \
                                  opmath_t<T> mean, opmath_t<T> rstd, opmath_t<T> kxhat,        \
@@ -397,9 +410,23 @@ GN_INLINE bool grad_input_rows_on_f16c(const T* dy, const T* x, T* dx, int64_t r
     }                                                                                          \
   }                                                                                            \
   GN_CLONES void loop_grad_input_rows(const T* dy, const T* x, T* dx, int64_t rows, int64_t C, \
-                                      const opmath_t<T>* a, const opmath_t<T>* mean,           \
+                                      int64_t ld, const opmath_t<T>* a, const opmath_t<T>* mean, \
                                       const opmath_t<T>* rstd, const opmath_t<T>* kxhat,       \
                                       const opmath_t<T>* kc, bool stream, bool prefetch) {     \
+    if (ld != C) { /* a strip (Backward::run_strips): in cache, no prefetch; a row at a time,    \
+                      streamed with coefficients from its first channel */                    \
+      for (int64_t r = 0; r < rows; ++r, dy += ld, x += ld, dx += ld) {                        \
+        if (grad_input_rows_on_f16c(dy, x, dx, 1, C, a, mean, rstd, kxhat, kc, stream)) continue; \
+        if (!stream) {                                                                         \
+          grad_input_rows_impl(dy, x, dx, 1, C, a, mean, rstd, kxhat, kc);                     \
+          continue;                                                                            \
+        }                                                                                      \
+        write_streamed(dx, C, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {           \
+          grad_input_rows_impl(dy + b, x + b, out, 1, len, a + b, mean + b, rstd + b, kxhat + b, kc + b); \
+        });                                                                                    \
+      }                                                                                        \
+      return;                                                                                  \
+    }                                                                                          \
     if (grad_input_rows_on_f16c(dy, x, dx, rows, C, a, mean, rstd, kxhat, kc, stream)) return; \
     if (!stream && prefetch) {                                                                 \
       /* steps of about four lines, inputs 4 KiB and output 8 KiB ahead (see normalize_rows): \

@@ -190,9 +190,9 @@ void grad_input_rows_f16c(const c10::Half* dy, const c10::Half* x, c10::Half* dx
                           bool stream) {
   GN_F16C_DISPATCH(grad_input_rows(dy, x, dx, rows, C, a, mean, rstd, kxhat, kc, stream))
 }
-void grad_sums_rows_f16c(const c10::Half* dy, const c10::Half* x, int64_t rows, int64_t C, const reduce_t* mean,
+void grad_sums_rows_f16c(const c10::Half* dy, const c10::Half* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* mean,
                          reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch) {
-  GN_F16C_DISPATCH(grad_sums_rows(dy, x, rows, C, mean, sum_dy, sum_dy_xc, prefetch))
+  GN_F16C_DISPATCH(grad_sums_rows(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch))
 }
 #undef GN_F16C_DISPATCH
 
@@ -219,7 +219,7 @@ void grad_input_rows_f16c(const c10::Half*, const c10::Half*, c10::Half*, int64_
                           const float*, const float*, const float*, const float*, bool) {
   std::abort();
 }
-void grad_sums_rows_f16c(const c10::Half*, const c10::Half*, int64_t, int64_t, const reduce_t*, reduce_t*,
+void grad_sums_rows_f16c(const c10::Half*, const c10::Half*, int64_t, int64_t, int64_t, const reduce_t*, reduce_t*,
                          reduce_t*, bool) {
   std::abort();
 }
