@@ -165,7 +165,8 @@ struct Backward {
       return;
     }
     if (!ncs && dx && !stream && !act_grad) {
-      if (const int64_t strips = nsc_strips(); strips > 1) {
+      const int64_t strips = cpu::channel_strips(N, C, G, sh.S, sizeof(T), 2);  // x and dy
+      if (strips > 1) {
         run_strips(strips);
         return;
       }
@@ -303,22 +304,6 @@ struct Backward {
         }
       }
     });
-  }
-
-  // The strips of Forward::nsc_strips, x and dy of a strip within one L2 cache.
-  int64_t nsc_strips() const {
-    const int64_t C = sh.C, G = sh.groups;
-    for (int64_t strips = 2; strips <= G && G % strips == 0; strips *= 2) {
-      const int64_t width = C / strips;
-      if (width * static_cast<int64_t>(sizeof(T)) < cpu::kMinStripBytes || width % cpu::kStripChannelMultiple != 0) {
-        break;
-      }
-      if (cpu::balances_threads(sh.N * strips) &&
-          2 * sh.S * width * static_cast<int64_t>(sizeof(T)) <= cpu::l2_cache_bytes()) {
-        return strips;
-      }
-    }
-    return 1;
   }
 
   // NSC strips as Forward::run_strips: each task sums a strip of a sample (a few whole groups'

@@ -195,7 +195,8 @@ struct Forward {
       return;
     }
     if (!ncs && !stream) {
-      if (const int64_t strips = nsc_strips(); strips > 1) {
+      const int64_t strips = cpu::channel_strips(N, C, G, sh.S, sizeof(T), 1);
+      if (strips > 1) {
         run_strips(strips);
         return;
       }
@@ -243,25 +244,6 @@ struct Forward {
         });
       });
     });
-  }
-
-  // The strips an NSC sample is cut into for run_strips: the fewest, a power of two dividing G,
-  // that give the threads equal work over the batch with each strip within one L2 cache;
-  // strips of whole groups, at least cpu::kMinStripBytes of each row and a multiple of
-  // cpu::kStripChannelMultiple channels. 1 (no strips) where none qualifies: there the split
-  // schedule was as fast or faster (2 cores: strips of 256-byte row pieces 1.3x slower on
-  // 1x128x64x64, strips of 1.3-2.6 MB 1.2x slower on 1x640x32x32 and 1x1280x32x32).
-  int64_t nsc_strips() const {
-    const int64_t C = sh.C, G = sh.groups;
-    for (int64_t strips = 2; strips <= G && G % strips == 0; strips *= 2) {
-      const int64_t width = C / strips;
-      if (width * static_cast<int64_t>(sizeof(T)) < cpu::kMinStripBytes || width % cpu::kStripChannelMultiple != 0) break;
-      if (cpu::balances_threads(sh.N * strips) &&
-          sh.S * width * static_cast<int64_t>(sizeof(T)) <= cpu::l2_cache_bytes()) {
-        return strips;
-      }
-    }
-    return 1;
   }
 
   // NSC, when samples are too few to share among the threads (N = 1 or odd N on 2 threads) or
