@@ -72,7 +72,8 @@ void normalize_rows_f16c(const c10::Half* x, c10::Half* y, int64_t rows, int64_t
                          const float* scale, const float* bias, bool stream);
 
 // loop_sum_dev_rows's float pass (loops_forward.cpp, sum_dev_rows_as<float>): the same
-// per-channel sums in the same order (column blocks for few rows, else four rows at a time).
+// per-channel sums in the same order (column blocks for few rows, else rows eight, then four
+// at a time).
 void sum_dev_rows_f16c(const c10::Half* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* shift, reduce_t* sum_d,
                        reduce_t* sum_d2, bool prefetch);
 
