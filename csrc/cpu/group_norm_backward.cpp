@@ -160,6 +160,10 @@ struct Backward {
     const int64_t N = sh.N, C = sh.C, G = sh.groups;
     const bool ncs = sh.order == MemoryOrder::NCS;
     const int64_t slab_bytes = 2 * (ncs ? D() : C) * sh.S * static_cast<int64_t>(sizeof(T));  // x and dy
+    // The fuse budget of the NCS slabs for NSC samples too, unlike the forward's: fused backwards
+    // of a few MB of x and dy a sample were as fast as or faster than the split schedule
+    // (2 cores, float32: 2x1280x16x16 0.093 ms fused, 0.101 ms in strips; 2x640x32x32 0.168 ms
+    // fused, 0.175 ms split).
     if (dx && slab_bytes <= cpu::fuse_budget_bytes() && cpu::balances_threads(ncs ? N * G : N)) {
       ncs ? run_fused_ncs() : run_fused_nsc();
       return;
