@@ -368,17 +368,6 @@ GN_INLINE void sum_dev_rows_row_order(const T* x, int64_t rows, int64_t width, i
   }
 }
 
-// All rows in row order, also chunks of few rows over many channels (an 8x8 image's 64 rows of
-// 1280): the backward's gradient sums take those as column blocks (simd.h, for_column_blocks),
-// which summed the forward's deviations slower once the shifts were converted once per call
-// (2 cores: 4x1280x8x8 float32 forward 0.037 -> 0.031 ms, 8x1280x8x8 0.063 -> 0.057,
-// 1x2560x8x8 0.032 -> 0.028).
-template <typename dev_t, typename T>
-GN_INLINE void sum_dev_rows_as(const T* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* shift,
-                               reduce_t* sum_d, reduce_t* sum_d2, bool prefetch) {
-  sum_dev_rows_row_order<dev_t>(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);
-}
-
 // Float deviations for float / bfloat16 / half data: a quarter of the vector work of double
 // (no widening to 8-lane halves; 4-10% of a medium channels_last forward). The shift is a
 // value of the data, so d = x - shift is exact while x is within a factor 2 of it, and
@@ -393,7 +382,11 @@ constexpr reduce_t kFloatMinSquareMean = 1e-24;
 // Float sums that cannot be trusted are formed again in double channel by channel (runs of
 // such channels at a time), not for every channel of the call: a channel's sums then depend on
 // its own data only, and a strip of the rows (Forward::run_strips) gets the same bits as the
-// whole rows.
+// whole rows. All in row order, also chunks of few rows over many channels (an 8x8 image's 64
+// rows of 1280): the backward's gradient sums take those as column blocks (simd.h,
+// for_column_blocks), which summed the forward's deviations slower once the shifts were converted
+// once per call (2 cores: 4x1280x8x8 float32 forward 0.037 -> 0.031 ms, 8x1280x8x8 0.063 -> 0.057,
+// 1x2560x8x8 0.032 -> 0.028).
 template <typename T>
 GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* shift,
                                  reduce_t* sum_d, reduce_t* sum_d2, bool prefetch) {
@@ -402,7 +395,7 @@ GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, int64_t ld
     if constexpr (std::is_same_v<T, c10::Half>) {
       if ((done = f16c_loops())) sum_dev_rows_f16c(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);
     }
-    if (!done) sum_dev_rows_as<float>(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);
+    if (!done) sum_dev_rows_row_order<float>(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);
     const reduce_t floor = kFloatMinSquareMean * static_cast<reduce_t>(rows);
     if (float_sums_trusted(sum_d, sum_d2, C, floor)) return;
     const auto trusted = [&](int64_t c) { return float_sums_trusted(sum_d + c, sum_d2 + c, 1, floor); };
@@ -413,12 +406,12 @@ GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, int64_t ld
       }
       int64_t end = c + 1;
       while (end < C && !trusted(end)) ++end;
-      sum_dev_rows_as<reduce_t>(x + c, rows, end - c, ld, shift + c, sum_d + c, sum_d2 + c, prefetch);
+      sum_dev_rows_row_order<reduce_t>(x + c, rows, end - c, ld, shift + c, sum_d + c, sum_d2 + c, prefetch);
       c = end;
     }
     return;
   }
-  sum_dev_rows_as<reduce_t>(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);
+  sum_dev_rows_row_order<reduce_t>(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);
 }
 
 }  // namespace

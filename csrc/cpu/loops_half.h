@@ -71,7 +71,7 @@ void normalize_runs_f16c(const c10::Half* x, c10::Half* y, int64_t runs, int64_t
 void normalize_rows_f16c(const c10::Half* x, c10::Half* y, int64_t rows, int64_t C, const float* mean,
                          const float* scale, const float* bias, bool stream);
 
-// loop_sum_dev_rows's float pass (loops_forward.cpp, sum_dev_rows_as<float>): the same
+// loop_sum_dev_rows's float pass (loops_forward.cpp, sum_dev_rows_row_order<float>): the same
 // per-channel sums in the same order (column blocks for few rows, else rows eight, then four
 // at a time).
 void sum_dev_rows_f16c(const c10::Half* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* shift, reduce_t* sum_d,

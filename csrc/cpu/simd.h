@@ -419,7 +419,7 @@ struct WrappedCoefficients {
 // four rows (1280 channels by 32 rows, the chunks of a 1280-channel 8x8 image, moved as many
 // bytes of sums as of data). Per channel the same additions in the same order as the row
 // loop, so the same bits. The backward's gradient sums and float16's F16C statistics use it;
-// the forward's float deviations are faster in row order (loops_forward.cpp, sum_dev_rows_as).
+// the forward's float deviations are faster in row order (loops_forward.cpp, sum_dev_rows_impl).
 constexpr int64_t kSumColumnBlock = 16;
 constexpr int64_t kSumColumnOrderMaxRows = 64;
 
