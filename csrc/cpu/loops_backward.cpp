@@ -274,8 +274,7 @@ GN_INLINE void grad_sums_rows_as(const T* dy, const T* x, int64_t rows, int64_t 
 // four-row float sum within 3 roundings of its terms' magnitude, then double sums, corrected
 // for the float centre: sum dy * (x - mean) = sum dy * (x - m) - (mean - m) * sum dy. Channels
 // float cannot be trusted with are summed again in double, a run of such channels at a time
-// (a channel's sums then depend on its own data only: a strip of the rows, Backward::run_strips,
-// gets the bits of the whole rows): Inf / NaN (overflow of a product past 3e38, or such data),
+// (simd.h for_trusted_channels): Inf / NaN (overflow of a product past 3e38, or such data),
 // and a |sum of products| under kFloatSumFloor, where products may have fallen below float's
 // normal range -- unless both sums are exactly zero (a channel whose dy is all zeros).
 template <typename T>
@@ -287,21 +286,15 @@ GN_INLINE void grad_sums_rows_impl(const T* dy, const T* x, int64_t rows, int64_
       if ((done = f16c_loops())) grad_sums_rows_f16c(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch);
     }
     if (!done) grad_sums_rows_as<float>(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch);
-    const bool all_trusted = float_sums_trusted(sum_dy, sum_dy_xc, C, kFloatSumFloor);
-    const auto trusted = [&](int64_t c) {
-      return all_trusted || float_sums_trusted(sum_dy + c, sum_dy_xc + c, 1, kFloatSumFloor);
-    };
-    for (int64_t c = 0; c < C;) {
-      if (trusted(c)) {
-        sum_dy_xc[c] -= (mean[c] - static_cast<reduce_t>(static_cast<float>(mean[c]))) * sum_dy[c];
-        ++c;
-        continue;
-      }
-      int64_t end = c + 1;
-      while (end < C && !trusted(end)) ++end;
-      grad_sums_rows_as<reduce_t>(dy + c, x + c, rows, end - c, ld, mean + c, sum_dy + c, sum_dy_xc + c, prefetch);
-      c = end;
-    }
+    for_trusted_channels(
+        sum_dy, sum_dy_xc, C, kFloatSumFloor,
+        [&](int64_t c) GN_LAMBDA_INLINE {
+          sum_dy_xc[c] -= (mean[c] - static_cast<reduce_t>(static_cast<float>(mean[c]))) * sum_dy[c];
+        },
+        [&](int64_t c, int64_t end) GN_LAMBDA_INLINE {
+          grad_sums_rows_as<reduce_t>(dy + c, x + c, rows, end - c, ld, mean + c, sum_dy + c, sum_dy_xc + c,
+                                      prefetch);
+        });
     return;
   }
   grad_sums_rows_as<reduce_t>(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch);

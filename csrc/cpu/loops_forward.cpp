@@ -380,10 +380,9 @@ GN_INLINE void sum_dev_rows_row_order(const T* x, int64_t rows, int64_t width, i
 constexpr reduce_t kFloatMinSquareMean = 1e-24;
 
 // Float sums that cannot be trusted are formed again in double channel by channel (runs of
-// such channels at a time), not for every channel of the call: a channel's sums then depend on
-// its own data only, and a strip of the rows (Forward::run_strips) gets the same bits as the
-// whole rows. All in row order, also chunks of few rows over many channels (an 8x8 image's 64
-// rows of 1280): the backward's gradient sums take those as column blocks (simd.h,
+// such channels at a time, simd.h for_trusted_channels), not for every channel of the call.
+// All in row order, also chunks of few rows over many channels (an 8x8 image's 64 rows of
+// 1280): the backward's gradient sums take those as column blocks (simd.h,
 // for_column_blocks), which summed the forward's deviations slower once the shifts were converted
 // once per call (2 cores: 4x1280x8x8 float32 forward 0.037 -> 0.031 ms, 8x1280x8x8 0.063 -> 0.057,
 // 1x2560x8x8 0.032 -> 0.028).
@@ -398,17 +397,11 @@ GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, int64_t ld
     if (!done) sum_dev_rows_row_order<float>(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);
     const reduce_t floor = kFloatMinSquareMean * static_cast<reduce_t>(rows);
     if (float_sums_trusted(sum_d, sum_d2, C, floor)) return;
-    const auto trusted = [&](int64_t c) { return float_sums_trusted(sum_d + c, sum_d2 + c, 1, floor); };
-    for (int64_t c = 0; c < C;) {
-      if (trusted(c)) {
-        ++c;
-        continue;
-      }
-      int64_t end = c + 1;
-      while (end < C && !trusted(end)) ++end;
-      sum_dev_rows_row_order<reduce_t>(x + c, rows, end - c, ld, shift + c, sum_d + c, sum_d2 + c, prefetch);
-      c = end;
-    }
+    for_trusted_channels(
+        sum_d, sum_d2, C, floor, [](int64_t) GN_LAMBDA_INLINE {},
+        [&](int64_t c, int64_t end) GN_LAMBDA_INLINE {
+          sum_dev_rows_row_order<reduce_t>(x + c, rows, end - c, ld, shift + c, sum_d + c, sum_d2 + c, prefetch);
+        });
     return;
   }
   sum_dev_rows_row_order<reduce_t>(x, rows, C, ld, shift, sum_d, sum_d2, prefetch);

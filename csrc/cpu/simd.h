@@ -457,6 +457,27 @@ GN_INLINE bool float_sums_trusted(const reduce_t* first, const reduce_t* second,
   return !untrusted;
 }
 
+// Per channel of float-formed sums: trusted(c) for each channel float_sums_trusted accepts (all of
+// them, tested at once, in the common case), redo(c, end) for each run [c, end) of channels it
+// rejects. Per channel, not per call: a channel's sums then depend on its own data only, and a
+// strip of the rows (the strip schedules) gets the bits of the whole rows.
+template <typename Trusted, typename Redo>
+GN_INLINE void for_trusted_channels(const reduce_t* first, const reduce_t* second, int64_t C, reduce_t floor,
+                                    const Trusted& trusted, const Redo& redo) {
+  const bool all = float_sums_trusted(first, second, C, floor);
+  const auto ok = [&](int64_t c) GN_LAMBDA_INLINE { return all || float_sums_trusted(first + c, second + c, 1, floor); };
+  for (int64_t c = 0; c < C;) {
+    if (ok(c)) {
+      trusted(c++);
+      continue;
+    }
+    int64_t end = c + 1;
+    while (end < C && !ok(end)) ++end;
+    redo(c, end);
+    c = end;
+  }
+}
+
 }  // namespace simd
 }  // namespace cpu
 }  // namespace groupnorm_ext
