@@ -29,6 +29,8 @@ CASES_SCRIPT = textwrap.dedent(
         ((1, 64, 128, 128), 32, torch.float32, "contiguous"),   # 4 MiB: also the pooled buffers
         ((1, 64, 128, 128), 32, torch.bfloat16, "channels_last"),
         ((4, 3, 5), 1, torch.float32, "contiguous"),            # shorter than one 16-byte store
+        ((1, 1280, 8, 8), 32, torch.float32, "channels_last"),  # channels-last strips (N = 1), rows
+        ((3, 1280, 8, 8), 32, torch.bfloat16, "channels_last"), # streamed a strip's width at a time
     ]
     fmt = {"channels_last": torch.channels_last, "channels_last_3d": torch.channels_last_3d}
     activations = ["silu", "relu", "gelu", "gelu_tanh"]
