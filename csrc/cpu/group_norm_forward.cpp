@@ -209,7 +209,7 @@ struct Forward {
       return;
     }
     if (!ncs) {
-      const int64_t strips = cpu::channel_strips(N, C, G, sh.S, sizeof(T), 1);
+      const int64_t strips = cpu::channel_strips(N, C, G, sh.S, sizeof(T), 1, cpu::l2_cache_bytes());
       if (strips > 1) {
         run_strips(strips);
         return;

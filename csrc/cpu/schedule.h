@@ -155,16 +155,17 @@ constexpr int64_t kStripChannelMultiple = 16;
 // The strips a channels-last sample (S rows of C channels in G groups, `tensors` tensors of
 // `elem_bytes` elements read: x, or x and dy) is cut into for the strip schedules: the fewest,
 // a power of two dividing G, that give the threads equal work over the N samples with each
-// strip's data within one L2 cache; strips of whole groups, of at least kMinStripBytes a row
-// and a multiple of kStripChannelMultiple channels. 1 (no strips) where none qualifies: there
-// the split schedule was as fast or faster (2 cores, float32 forward: strips of 256-byte row
-// pieces 1.3x slower on 1x128x64x64, strips of 1.3-2.6 MB 1.2x slower on 1x640x32x32 and
-// 1x1280x32x32).
-inline int64_t channel_strips(int64_t N, int64_t C, int64_t G, int64_t S, int64_t elem_bytes, int64_t tensors) {
+// strip's data within `budget_bytes` (the forward: L2; the backward: see Backward::run); strips of whole groups, of at least
+// kMinStripBytes a row and a multiple of kStripChannelMultiple channels. 1 (no strips) where none
+// qualifies: there the split schedule was as fast or faster (2 cores, float32 forward: strips of
+// 256-byte row pieces 1.3x slower on 1x128x64x64, strips of 1.3-2.6 MB 1.2x slower on 1x640x32x32
+// and 1x1280x32x32).
+inline int64_t channel_strips(int64_t N, int64_t C, int64_t G, int64_t S, int64_t elem_bytes, int64_t tensors,
+                              int64_t budget_bytes) {
   for (int64_t strips = 2; strips <= G && G % strips == 0; strips *= 2) {
     const int64_t width = C / strips;
     if (width * elem_bytes < kMinStripBytes || width % kStripChannelMultiple != 0) break;
-    if (balances_threads(N * strips) && tensors * S * width * elem_bytes <= l2_cache_bytes()) return strips;
+    if (balances_threads(N * strips) && tensors * S * width * elem_bytes <= budget_bytes) return strips;
   }
   return 1;
 }
