@@ -209,7 +209,10 @@ struct Forward {
       return;
     }
     if (!ncs) {
-      const int64_t strips = cpu::channel_strips(N, C, G, sh.S, sizeof(T), 1, cpu::l2_cache_bytes());
+      const int64_t x_bytes = N * C * sh.S * static_cast<int64_t>(sizeof(T));
+      const bool narrow = stream && x_bytes < cpu::usable_cache_bytes();  // schedule.h, kMinNarrowStripBytes
+      const int64_t strips = cpu::channel_strips(N, C, G, sh.S, sizeof(T), 1, cpu::l2_cache_bytes(),
+                                                 narrow ? cpu::kMinNarrowStripBytes : cpu::kMinStripBytes);
       if (strips > 1) {
         run_strips(strips);
         return;

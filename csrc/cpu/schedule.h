@@ -101,11 +101,16 @@ inline int64_t fuse_budget_bytes() {
 // other work fill the rest of a large shared L3).
 // GROUPNORM_EXT_STREAMING_STORES=0 never streams, =1 always does (read once).
 inline constexpr int64_t kStreamingFootprintCap = int64_t(32) << 20;
+// The cache the thresholds here measure against: the last-level cache of the cores' domain, at
+// most kStreamingFootprintCap.
+inline int64_t usable_cache_bytes() {
+  const int64_t llc = last_level_cache_bytes();
+  return llc > 0 ? std::min(llc, kStreamingFootprintCap) : kStreamingFootprintCap;
+}
 inline bool streaming_stores_pay(int64_t footprint_bytes) {
   static const int mode = env_switch("GROUPNORM_EXT_STREAMING_STORES");
   if (mode >= 0) return mode == 1;
-  const int64_t llc = last_level_cache_bytes();
-  return footprint_bytes >= (llc > 0 ? std::min(llc, kStreamingFootprintCap) : kStreamingFootprintCap);
+  return footprint_bytes >= usable_cache_bytes();
 }
 
 // Whether an elementwise pass (the normalization, grad_input) over `bytes` of input should
@@ -133,9 +138,7 @@ inline bool software_prefetch_pays(int64_t bytes) {
 inline bool sums_prefetch_pays(int64_t bytes) {
   static const int mode = env_switch("GROUPNORM_EXT_CPU_PREFETCH");
   if (mode >= 0) return mode == 1;
-  const int64_t llc = last_level_cache_bytes();
-  const int64_t cache = llc > 0 ? std::min(llc, kStreamingFootprintCap) : kStreamingFootprintCap;
-  return bytes >= cache / 4 * 3;
+  return bytes >= usable_cache_bytes() / 4 * 3;
 }
 
 // Whether `tasks` equal tasks keep every thread busy (few idle thread-slots at the end).
@@ -148,23 +151,29 @@ inline bool balances_threads(int64_t tasks) {
 // each row, so that the hardware prefetchers see long runs of whole lines (strips of 120 bytes
 // ran 2x slower than whole rows, of 256 bytes 1.3x), and a multiple of kStripChannelMultiple
 // channels: no channel of a strip falls in a vector loop's tail where it did not in the whole
-// rows.
+// rows. kMinNarrowStripBytes where the forward's x fits in usable_cache_bytes() and x + y do not
+// (Forward::run): strips of 640 bytes a row within L2 then beat the fused samples (2 cores,
+// float32: 8x640x32x32 0.83 -> 0.73 ms, 4x1280x32x32 0.86 -> 0.75 ms, 16x320x32x32 0.78 -> 0.74
+// ms; x from the cache, y streamed), and lost to them elsewhere (x and y in the cache: 4x640x32x32
+// 0.25 -> 0.31 ms, 8x320x32x32 0.26 -> 0.31 ms; x beyond it: 16x640x32x32 2.3 -> 2.5 ms,
+// 8x1280x32x32 2.4 -> 2.8 ms).
 constexpr int64_t kMinStripBytes = 1024;
+constexpr int64_t kMinNarrowStripBytes = 512;
 constexpr int64_t kStripChannelMultiple = 16;
 
 // The strips a channels-last sample (S rows of C channels in G groups, `tensors` tensors of
 // `elem_bytes` elements read: x, or x and dy) is cut into for the strip schedules: the fewest,
 // a power of two dividing G, that give the threads equal work over the N samples with each
-// strip's data within `budget_bytes` (the forward: L2; the backward: see Backward::run); strips of whole groups, of at least
-// kMinStripBytes a row and a multiple of kStripChannelMultiple channels. 1 (no strips) where none
-// qualifies: there the split schedule was as fast or faster (2 cores, float32 forward: strips of
-// 256-byte row pieces 1.3x slower on 1x128x64x64, strips of 1.3-2.6 MB 1.2x slower on 1x640x32x32
-// and 1x1280x32x32).
+// strip's data within `budget_bytes` (the forward: L2; the backward: see Backward::run); strips
+// of whole groups, of at least `min_row_bytes` a row and a multiple of kStripChannelMultiple
+// channels. 1 (no strips) where none qualifies: there the split schedule was as fast or faster
+// (2 cores, float32 forward: strips of 256-byte row pieces 1.3x slower on 1x128x64x64, strips of
+// 1.3-2.6 MB 1.2x slower on 1x640x32x32 and 1x1280x32x32).
 inline int64_t channel_strips(int64_t N, int64_t C, int64_t G, int64_t S, int64_t elem_bytes, int64_t tensors,
-                              int64_t budget_bytes) {
+                              int64_t budget_bytes, int64_t min_row_bytes = kMinStripBytes) {
   for (int64_t strips = 2; strips <= G && G % strips == 0; strips *= 2) {
     const int64_t width = C / strips;
-    if (width * elem_bytes < kMinStripBytes || width % kStripChannelMultiple != 0) break;
+    if (width * elem_bytes < min_row_bytes || width % kStripChannelMultiple != 0) break;
     if (balances_threads(N * strips) && tensors * S * width * elem_bytes <= budget_bytes) return strips;
   }
   return 1;
