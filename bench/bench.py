@@ -52,12 +52,15 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="4 small/medium cases, ~0.3 s of calls per timing (< 60 s)")
+    p.add_argument("--sweep", action="store_true",
+                   help="the diffusion-UNet grid instead of the sets (N 1-16, C 128-1280, 8-128 px, G 32; "
+                   "shapes.sweep_cases), ~0.3 s of calls per timing as --quick")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--save", metavar="NAME", help="write raw results as JSON: bench/results/NAME.json, "
                    "or the path itself when NAME ends in .json")
     p.add_argument("--compare", metavar="OLD.json", help="print old vs new times from a --save file")
     p.add_argument("--out", metavar="FILE.md", help="Markdown output (default bench/results/<machine>.md, "
-                   "<machine>-quick.md with --quick); the PNG goes next to it")
+                   "<machine>-quick.md with --quick, <machine>-sweep.md with --sweep); the PNG goes next to it")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(F.group_norm) (slow)")
     p.add_argument("--filter", metavar="REGEX", help="only cases whose label matches, e.g. 'bf16|seed'")
     p.add_argument("--reps", type=int,
@@ -279,8 +282,9 @@ def run_case(case, ext, timer, policy, args, copy_gbps) -> list[dict]:
     return rows
 
 
-def default_out(machine: str, quick: bool) -> str:
-    return os.path.join(RESULTS_DIR, f"{machine}{'-quick' if quick else ''}.md")
+def default_out(machine: str, quick: bool, sweep: bool = False) -> str:
+    suffix = "-sweep" if sweep else "-quick" if quick else ""
+    return os.path.join(RESULTS_DIR, f"{machine}{suffix}.md")
 
 
 def save_path(name: str) -> str:
@@ -305,7 +309,7 @@ def main(argv=None) -> int:
           f"threads {torch.get_num_threads()}")
     print(f"CPU path: groupnorm_ext: {cpu_path}; torch: {torch.backends.cpu.get_cpu_capability()}")
 
-    policy = timing.QUICK_POLICY if args.quick else timing.FULL_POLICY
+    policy = timing.QUICK_POLICY if args.quick or args.sweep else timing.FULL_POLICY
     if args.reps:
         policy = timing.RepPolicy(warmup=policy.warmup, min_reps=args.reps, max_reps=args.reps, target_s=0,
                                   rounds=min(policy.rounds, args.reps))
@@ -313,7 +317,7 @@ def main(argv=None) -> int:
     copy_gbps, copy_bytes = timing.copy_bandwidth(timer)
     print(f"copy bandwidth: {copy_gbps:.1f} GB/s")
 
-    cases = shapes.all_cases(args.device, args.quick)
+    cases = shapes.all_cases(args.device, args.quick, args.sweep)
     if args.filter:
         cases = [c for c in cases if re.search(args.filter, c.label)]
     rows, errors = [], []
@@ -341,7 +345,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "ext_version": getattr(ext, "__version__", "unknown"),
         "threads": torch.get_num_threads(), "ext_cpu_path": cpu_path,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "copy_gbps": copy_gbps, "copy_bytes": copy_bytes, "quick": args.quick, "compile": args.compile,
+        "copy_gbps": copy_gbps, "copy_bytes": copy_bytes, "quick": args.quick, "sweep": args.sweep, "compile": args.compile,
         "filter": args.filter, "built_with_cuda": _built_with_cuda(ext),
         "busy_start": busy_start, "busy_end": warn_if_busy(cpu_busy_fraction()),
         # probed again after the cases: on a VM that shares memory with other guests the
@@ -365,7 +369,7 @@ def main(argv=None) -> int:
     print()
     print(text)
 
-    out = args.out or default_out(machine, args.quick)
+    out = args.out or default_out(machine, args.quick, args.sweep)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         f.write(text)

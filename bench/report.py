@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-SETS = ("small", "medium", "large", "seed", "fused")
+SETS = ("small", "medium", "large", "seed", "fused", "sweep")
 
 
 def _ms(seconds) -> str:
@@ -81,11 +81,30 @@ def markdown_report(meta: dict, rows: list[dict], with_compile: bool) -> str:
                    "output that glibc gave back to the OS is faulted in and zeroed again on the next call), "
                    "so the time includes the kernel zeroing pages (counts per call: `faults_per_call` in a --save JSON)")
     out.append("")
+    out += speedup_summary(rows)
     for name in SETS:
         part = [r for r in rows if r["set"] == name]
         if part:
             out += [f"## {name}", "", markdown_table(part, with_compile), ""]
     return "\n".join(out)
+
+
+def speedup_summary(rows: list[dict]) -> list[str]:
+    """Per pass: the lowest speed-up over torch eager, its case, and the rows under 1x."""
+    out = []
+    for pass_ in ("fwd", "fwd+bwd"):
+        part = [r for r in rows if r["pass"] == pass_]
+        if not part:
+            continue
+        worst = min(part, key=lambda r: r["torch_s"] / r["ours_s"])
+        under = [r for r in part if r["torch_s"] < r["ours_s"]]
+        line = (f"- {pass_}: lowest speed-up {worst['torch_s'] / worst['ours_s']:.2f}x ({worst['shape']} "
+                f"G{worst['groups']} {worst['dtype']} {worst['layout']}); {len(under)} of {len(part)} under 1x")
+        if under:
+            line += ": " + ", ".join(f"{r['shape']} {r['dtype']} {r['layout']} {r['torch_s'] / r['ours_s']:.2f}x"
+                                     for r in under)
+        out.append(line)
+    return (["## summary", ""] + out + [""]) if out else []
 
 
 def compare_table(old: dict, meta: dict, rows: list[dict]) -> str:

@@ -9,6 +9,10 @@ Sets, in the order they run:
           in N and spatial size (CPU) so that x, y, dy, dx and the autograd buffers fit in memory.
   fused   GroupNorm + SiLU (diffusion UNets): ours with activation="silu" against torch's
           F.silu(F.group_norm(x)) (and torch.compile of that composition).
+
+And, on its own (bench.py --sweep), the set the ">= 1x everywhere" claim is checked on:
+  sweep   the diffusion-UNet grid, N = 1..16, C = 128..1280, 8..128 px, G = 32, float32, contiguous and
+          channels_last, up to SWEEP_MAX_ELEMS elements a tensor (memory and time).
 """
 from __future__ import annotations
 
@@ -175,7 +179,23 @@ def fused_cases(device: str) -> list[Case]:
             + _cases("fused", [(16, 320, 64, 64)], 32, ["fp32"], ["contig"], "silu"))
 
 
-def all_cases(device: str, quick: bool) -> list[Case]:
+SWEEP_BATCHES = (1, 2, 4, 8, 16)
+SWEEP_CHANNELS = (128, 320, 640, 1280)
+SWEEP_PIXELS = (8, 16, 32, 64, 128)
+# Elements a sweep tensor may have: 2^24 (64 MiB of float32) keeps the CPU sweep's 80 cases within
+# ~10 minutes on 2 cores; a GPU takes the whole grid.
+SWEEP_MAX_ELEMS = {"cpu": 1 << 24, "cuda": 1 << 30}
+
+
+def sweep_cases(device: str) -> list[Case]:
+    shapes = [(n, c, p, p) for n in SWEEP_BATCHES for c in SWEEP_CHANNELS for p in SWEEP_PIXELS
+              if n * c * p * p <= SWEEP_MAX_ELEMS[device]]
+    return _cases("sweep", shapes, 32, ["fp32"], ["contig", "cl"])
+
+
+def all_cases(device: str, quick: bool, sweep: bool = False) -> list[Case]:
+    if sweep:
+        return sweep_cases(device)
     if quick:
         return quick_cases()
     return small_cases() + medium_cases(device) + large_cases(device) + seed_cases(device) + fused_cases(device)

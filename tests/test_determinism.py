@@ -132,10 +132,9 @@ def test_fresh_processes_give_the_same_bits():
         assert not diff, f"a fresh process with {threads} thread(s) differs for {diff}"
 
 
-# Channels-last batches whose schedule changes with N on 2 or 3 threads: per-sample fused (N = 4; also
-# N = 2 for 4x320x48x48, whose samples exceed L2 and whose strips would be too narrow), split or strips of a
-# few groups' channels (N = 1, 3: run_strips), including the float sums redone in double for some channels
-# only (tiny spreads).
+# Channels-last batches whose schedule changes with N on 2 or 3 threads: per-sample fused (N = 4), split or
+# strips of a few groups' channels (N = 1, 3: run_strips), including the float sums redone in double for some
+# channels only (tiny spreads); 4x320x48x48 (samples past a 1 MiB L2, strips too narrow) splits at every N.
 BATCH_CASES = [
     pytest.param((4, 1280, 8, 8), 32, id="4x1280x8x8-G32"),
     pytest.param((4, 640, 16, 16), 32, id="4x640x16x16-G32"),

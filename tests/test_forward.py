@@ -353,8 +353,8 @@ def test_layouts_of_random_dense_views_are_torchs():
 
 
 # Channels-last shapes whose CPU forward schedule depends on N and the thread count: strips of a few groups'
-# channels (N = 1 or 3 on 2 threads, samples of wide rows within L2), per-sample fused (N = 4; N = 2 with
-# samples past L2 where no strips qualify), split.
+# channels (N = 1 or 3 on 2 threads, samples of wide rows within L2), per-sample fused (N = 4), split (N = 1
+# and N = 2 with samples past L2 and strips too narrow).
 SCHEDULE_SHAPES = [(1, 512, 3, 5, 4), (3, 1280, 8, 8, 32), (1, 2560, 4, 4, 32), (4, 640, 6, 6, 32),
                    (1, 640, 48, 48, 32), (2, 640, 48, 48, 32)]
 

@@ -7,8 +7,7 @@
 //  - fused: one task per slab (NCS: an (n, group); NSC: a sample n) computes its
 //    statistics and applies them while the slab is still in cache: one read of x from
 //    memory. Used when there are enough slabs to keep every thread busy and they fit in
-//    this thread's share of the cache (NCS) or its L2 (NSC); larger NSC samples too, where
-//    no strips qualify (run()).
+//    this thread's share of the cache (NCS) or its L2 (NSC).
 //  - strips (NSC): a task per strip of a sample (whole groups' channels down all its rows),
 //    fused as above; where samples do not fit in L2 or are too few for the threads.
 //  - split: every chunk of every slab is a task (all cores busy even when N * G is 1),
@@ -193,32 +192,20 @@ struct Forward {
     const bool ncs = sh.order == MemoryOrder::NCS;
     const int64_t slab_bytes = (ncs ? D() : C) * sh.S * static_cast<int64_t>(sizeof(T));
     const int64_t slabs = ncs ? N * G : N;
-    // NCS slabs are fused while they fit in this thread's share of the cache (a 2x32x64^3 G = 8
-    // volume, 4 MB slabs: 3.7 ms fused, 4.2 ms split). NSC samples: fused while one fits in L2;
-    // larger ones are cut into strips where strips qualify (cpu::channel_strips: strips of L2 size,
-    // so the second read comes from L2), else fused all the same when the samples keep the threads
-    // busy: a thread re-reading its own sample, from the last-level cache or from memory, beat
-    // both threads reading every sample twice in the split schedule at every size measured
-    // (2 cores, float32, x just written by another op: 2x1280x32x32 0.293 -> 0.265 ms,
-    // 4x1280x32x32 0.72 -> 0.67 ms, 2x640x64x64 0.64 -> 0.57 ms, 4x640x64x64 2.09 -> 1.75 ms,
-    // 2x32x64^3 channels_last_3d 4.1 -> 3.8 ms; bfloat16 2x32x64^3 1.65 -> 1.40 ms, 4x1280x32x32
-    // 0.37 ms either way). An earlier session had measured the opposite on 2x320x64x64 and
-    // 2x1280x32x32 (0.24 -> 0.21 ms split); no run of this one reproduced it.
+    // NSC samples are fused only while one fits in L2: a thread re-reading a sample of a few MB
+    // from the shared last-level cache lost to all threads reading all samples twice in the split
+    // schedule (2 cores, float32: 2x320x64x64 0.240 -> 0.208 ms, 2x1280x32x32 0.275 -> 0.233 ms,
+    // 4x1280x32x32 0.95 -> 0.84 ms; in the benchmark's alternation with torch, 2x128x128x128 to
+    // 4x1280x32x32, 1.00-1.12x torch fused, 1.03-1.21x split). NCS slabs keep the larger budget (a
+    // 2x32x64^3 G = 8 volume, 4 MB slabs: 3.7 ms fused, 4.2 ms split).
     if (slab_bytes <= (ncs ? cpu::fuse_budget_bytes() : cpu::l2_cache_bytes()) && cpu::balances_threads(slabs)) {
       run_fused();
       return;
     }
     if (!ncs) {
-      const int64_t x_bytes = N * C * sh.S * static_cast<int64_t>(sizeof(T));
-      const bool narrow = stream && x_bytes < cpu::usable_cache_bytes();  // schedule.h, kMinNarrowStripBytes
-      const int64_t strips = cpu::channel_strips(N, C, G, sh.S, sizeof(T), 1, cpu::l2_cache_bytes(),
-                                                 narrow ? cpu::kMinNarrowStripBytes : cpu::kMinStripBytes);
+      const int64_t strips = cpu::channel_strips(N, C, G, sh.S, sizeof(T), 1, cpu::l2_cache_bytes());
       if (strips > 1) {
         run_strips(strips);
-        return;
-      }
-      if (cpu::balances_threads(N)) {
-        run_fused();
         return;
       }
     }
@@ -273,10 +260,8 @@ struct Forward {
   // is in L2 -- one parallel region and one read of x from memory, where the split schedule
   // takes two of each and leaves the statistics of a one-chunk sample to one thread (2 cores,
   // float32 channels_last: 1x1280x8x8 0.89x -> 1.05-1.17x torch, 1x2560x8x8 0.63x -> 0.94-1.06x,
-  // 1x2560x16x16 0.69x -> 0.94-1.07x). Streaming stores too: where x fits in the last-level cache
-  // and x + y do not, strips that keep the second read in L2 beat the fused samples (float32,
-  // warm: 8x2560x16x16 0.76 ms fused, 0.48 ms in strips; 16x1280x16x16 0.86 -> 0.77 ms), and
-  // beyond it as well (16x2560x16x16 2.9 -> 2.6 ms, 32x1280x16x16 1.45 -> 1.34 ms).
+  // 1x2560x16x16 0.69x -> 0.94-1.07x). With streaming stores too (x past the last-level cache):
+  // float32, 16x2560x16x16 3.3-3.6 ms split, 1.8-2.6 ms in strips; 32x1280x16x16 2.3 -> 1.3-1.5 ms.
   // Same chunks, same per-channel sums (loop_sum_dev_rows: a strip of the rows gets the bits of
   // the whole rows), same folds: the bits of run_fused and the split schedule.
   void run_strips(int64_t strips) const {
@@ -405,7 +390,8 @@ ForwardResult group_norm_forward_cpu(const Tensor& input, int64_t num_groups,
                                 eps,
                                 mean.mutable_data_ptr<acc_t>(),
                                 rstd.mutable_data_ptr<acc_t>(),
-                                cpu::streaming_stores_pay(2 * static_cast<int64_t>(input.nbytes())),
+                                // x alone past the cache, not x + y (schedule.h, streaming_stores_pay)
+                                cpu::streaming_stores_pay(static_cast<int64_t>(input.nbytes())),
                                 cpu::software_prefetch_pays(static_cast<int64_t>(input.nbytes())),
                                 cpu::sums_prefetch_pays(static_cast<int64_t>(input.nbytes())),
                                 p.activation};

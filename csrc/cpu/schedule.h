@@ -99,6 +99,13 @@ inline int64_t fuse_budget_bytes() {
 // streamed. Both machines agree on the threshold below: x + y past the last-level cache of
 // the cores' domain, and at most kStreamingFootprintCap (the Xeon's 1/8: other guests and
 // other work fill the rest of a large shared L3).
+// The forward passes x's bytes alone, streaming only once x itself is past that cache: in the
+// benchmark, where ours and torch alternate call by call, streaming y with x + y past the cache but
+// x within it left 9-11 of 16 float32 forwards between 16 and 32 MB under torch's speed
+// (2x128x128x128, 2x640x64x64, 4x320x64x64, 8x128x64x64 channels_last 0.73-0.85x), plain stores
+// 1-2 (0.98-0.99x): torch's plain stores leave its y dirty in the cache for our call to write
+// back, ours streamed left a clean cache to torch's; and plain stores keep part of y in the cache
+// for its consumer. The backward keeps x + dy + dx.
 // GROUPNORM_EXT_STREAMING_STORES=0 never streams, =1 always does (read once).
 inline constexpr int64_t kStreamingFootprintCap = int64_t(32) << 20;
 // The cache the thresholds here measure against: the last-level cache of the cores' domain, at
@@ -151,29 +158,23 @@ inline bool balances_threads(int64_t tasks) {
 // each row, so that the hardware prefetchers see long runs of whole lines (strips of 120 bytes
 // ran 2x slower than whole rows, of 256 bytes 1.3x), and a multiple of kStripChannelMultiple
 // channels: no channel of a strip falls in a vector loop's tail where it did not in the whole
-// rows. kMinNarrowStripBytes where the forward's x fits in usable_cache_bytes() and x + y do not
-// (Forward::run): strips of 640 bytes a row within L2 then beat the fused samples (2 cores,
-// float32: 8x640x32x32 0.83 -> 0.73 ms, 4x1280x32x32 0.86 -> 0.75 ms, 16x320x32x32 0.78 -> 0.74
-// ms; x from the cache, y streamed), and lost to them elsewhere (x and y in the cache: 4x640x32x32
-// 0.25 -> 0.31 ms, 8x320x32x32 0.26 -> 0.31 ms; x beyond it: 16x640x32x32 2.3 -> 2.5 ms,
-// 8x1280x32x32 2.4 -> 2.8 ms).
+// rows.
 constexpr int64_t kMinStripBytes = 1024;
-constexpr int64_t kMinNarrowStripBytes = 512;
 constexpr int64_t kStripChannelMultiple = 16;
 
 // The strips a channels-last sample (S rows of C channels in G groups, `tensors` tensors of
 // `elem_bytes` elements read: x, or x and dy) is cut into for the strip schedules: the fewest,
 // a power of two dividing G, that give the threads equal work over the N samples with each
 // strip's data within `budget_bytes` (the forward: L2; the backward: see Backward::run); strips
-// of whole groups, of at least `min_row_bytes` a row and a multiple of kStripChannelMultiple
+// of whole groups, of at least kMinStripBytes a row and a multiple of kStripChannelMultiple
 // channels. 1 (no strips) where none qualifies: there the split schedule was as fast or faster
 // (2 cores, float32 forward: strips of 256-byte row pieces 1.3x slower on 1x128x64x64, strips of
 // 1.3-2.6 MB 1.2x slower on 1x640x32x32 and 1x1280x32x32).
 inline int64_t channel_strips(int64_t N, int64_t C, int64_t G, int64_t S, int64_t elem_bytes, int64_t tensors,
-                              int64_t budget_bytes, int64_t min_row_bytes = kMinStripBytes) {
+                              int64_t budget_bytes) {
   for (int64_t strips = 2; strips <= G && G % strips == 0; strips *= 2) {
     const int64_t width = C / strips;
-    if (width * elem_bytes < min_row_bytes || width % kStripChannelMultiple != 0) break;
+    if (width * elem_bytes < kMinStripBytes || width % kStripChannelMultiple != 0) break;
     if (balances_threads(N * strips) && tensors * S * width * elem_bytes <= budget_bytes) return strips;
   }
   return 1;
