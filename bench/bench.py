@@ -1,6 +1,6 @@
 """Benchmark groupnorm_ext.group_norm against torch.nn.functional.group_norm.
 
-    python bench/bench.py [--quick] [--device cpu|cuda] [--save NAME] [--compare OLD.json]
+    python bench/bench.py [--quick | --sweep] [--device cpu|cuda] [--save NAME] [--compare OLD.json]
                           [--out bench/results/NAME.md] [--compile] [--filter REGEX]
 
 For every case (bench/shapes.py) it checks ours against torch with a loose tolerance, then times the
