@@ -169,8 +169,8 @@ struct Backward {
     // they come first, ahead of fused samples: the re-read comes from L2 and the victim last-level
     // cache behind it while dx bypasses both (2 cores, float32 backward alone: 8x2560x16x16
     // 2.80 -> 2.15 ms, 16x1280x16x16 2.20 -> 1.95 ms, 32x1280x16x16 4.13 -> 3.80 ms, in strips of
-    // 1.3 MB). The forward keeps strips of one L2 (its 1.3 MB strips were 10-20% slower than
-    // fused samples: 8x640x32x32, 16x640x32x32, 8x1280x32x32).
+    // 1.3 MB). The forward keeps strips of one L2 (its 1.3 MB strips were 10-20% slower than the
+    // per-sample schedule: 8x640x32x32, 16x640x32x32, 8x1280x32x32).
     const int64_t strips = !ncs && dx && !act_grad
                                ? cpu::channel_strips(N, C, G, sh.S, sizeof(T), 2,  // x and dy
                                                      (stream ? 2 : 1) * cpu::l2_cache_bytes())

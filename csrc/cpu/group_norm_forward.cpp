@@ -202,7 +202,13 @@ struct Forward {
       run_fused();
       return;
     }
-    if (!ncs) {
+    // Strips, unless x + y overfill the cache with y not streamed: there the split schedule, whose
+    // normalization prefetches, was faster (2 cores, float32, calls in random order with torch's:
+    // 16x1280x16x16 0.80 ms in strips, 0.64 ms split; 8x2560x16x16 0.84 -> 0.75 ms), where strips
+    // won below (8x1280x16x16 0.254 -> 0.218 ms, 2x2560x16x16 0.126 -> 0.110 ms) and above it
+    // (16x2560x16x16 3.3 -> 2.1 ms, 32x1280x16x16 2.3 -> 1.8 ms, y streamed).
+    const int64_t x_bytes = N * C * sh.S * static_cast<int64_t>(sizeof(T));
+    if (!ncs && (stream || 2 * x_bytes < cpu::usable_cache_bytes())) {
       const int64_t strips = cpu::channel_strips(N, C, G, sh.S, sizeof(T), 1, cpu::l2_cache_bytes());
       if (strips > 1) {
         run_strips(strips);
@@ -260,8 +266,7 @@ struct Forward {
   // is in L2 -- one parallel region and one read of x from memory, where the split schedule
   // takes two of each and leaves the statistics of a one-chunk sample to one thread (2 cores,
   // float32 channels_last: 1x1280x8x8 0.89x -> 1.05-1.17x torch, 1x2560x8x8 0.63x -> 0.94-1.06x,
-  // 1x2560x16x16 0.69x -> 0.94-1.07x). With streaming stores too (x past the last-level cache):
-  // float32, 16x2560x16x16 3.3-3.6 ms split, 1.8-2.6 ms in strips; 32x1280x16x16 2.3 -> 1.3-1.5 ms.
+  // 1x2560x16x16 0.69x -> 0.94-1.07x); when to take them: run().
   // Same chunks, same per-channel sums (loop_sum_dev_rows: a strip of the rows gets the bits of
   // the whole rows), same folds: the bits of run_fused and the split schedule.
   void run_strips(int64_t strips) const {
