@@ -88,9 +88,9 @@ struct Backward {
     cpu::loop_grad_sums(dy + off, x + off, p.end(k, sh.S) - s0, group_mean, s_dy, s_dy_xc);
   }
 
-  // NSC: per-channel sums of sample n over rows of chunk k, channels [c0, c0 + width) (all C,
-  // or a strip: run_strips, no fused activation), into part_dy[0..width), part_dy_xc[0..width);
-  // channel_mean[0..width) of those channels.
+  // NSC: per-channel sums of sample n over rows of chunk k, channels [c0, c0 + width) (all C, or
+  // a strip: run_strips with several strips a sample, no fused activation), into
+  // part_dy[0..width), part_dy_xc[0..width); channel_mean[0..width) of those channels.
   void chunk_sums_nsc(const ChunkPlan& p, int64_t n, int64_t k, int64_t c0, int64_t width,
                       const reduce_t* channel_mean, reduce_t* part_dy, reduce_t* part_dy_xc) const {
     const int64_t off = sh.offset(n, 0, p.begin(k)) + c0;
@@ -180,7 +180,7 @@ struct Backward {
       return;
     }
     if (dx && slab_bytes <= cpu::fuse_budget_bytes() && cpu::balances_threads(ncs ? N * G : N)) {
-      ncs ? run_fused_ncs() : run_fused_nsc();
+      ncs ? run_fused_ncs() : run_strips(1);  // NSC: a sample per task
       return;
     }
     if (strips > 1) {
@@ -326,7 +326,9 @@ struct Backward {
   // channels, all rows) and forms its dx while x and dy are in L2, where the split schedule
   // leaves the sums of a one-chunk sample to one thread and reads x and dy twice. The same
   // chunks, per-channel sums (loop_grad_sums_rows: a strip of the rows gets the bits of the whole
-  // rows) and chunk order: the bits of the other schedules.
+  // rows) and chunk order: the bits of the other schedules. One strip a sample is the fused NSC
+  // schedule, and the only one that takes a fused activation (chunk_sums_nsc forms dL/dz over
+  // whole rows).
   void run_strips(int64_t strips) const {
     const ChunkPlan p = plan();
     const int64_t K = p.num_chunks, G = sh.groups, C = sh.C;
@@ -353,33 +355,6 @@ struct Backward {
         const int64_t block_rows = std::max<int64_t>(1, kApplyGrainElems / width);
         cpu::for_blocks(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
           grad_input_nsc(n, s0, s1, c0, width, coeffs.data(), width, 0);
-        });
-      }
-    });
-  }
-
-  void run_fused_nsc() const {
-    const ChunkPlan p = plan();
-    const int64_t K = p.num_chunks, G = sh.groups, C = sh.C;
-    at::parallel_for(0, sh.N, cpu::grain_for(2 * C * sh.S), [&](int64_t begin, int64_t end) {
-      const cpu::StreamingStoresFence fence{stream};
-      std::vector<reduce_t> channel_mean(C), part(2 * C);
-      std::vector<acc_t> coeffs(5 * C);
-      for (int64_t n = begin; n < end; ++n) {
-        channel_means(n, channel_mean.data());
-        std::fill(sum_dy + n * C, sum_dy + (n + 1) * C, reduce_t(0));
-        std::fill(sum_dy_xc + n * C, sum_dy_xc + (n + 1) * C, reduce_t(0));
-        for (int64_t k = 0; k < K; ++k) {
-          chunk_sums_nsc(p, n, k, 0, C, channel_mean.data(), part.data(), part.data() + C);
-          for (int64_t c = 0; c < C; ++c) {
-            sum_dy[n * C + c] += part[c];
-            sum_dy_xc[n * C + c] += part[C + c];
-          }
-        }
-        for (int64_t g = 0; g < G; ++g) group_coefficients(n, g, coeffs.data(), C, g * D());
-        const int64_t block_rows = std::max<int64_t>(1, kApplyGrainElems / C);
-        cpu::for_blocks(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
-          grad_input_nsc(n, s0, s1, 0, C, coeffs.data(), C, 0);
         });
       }
     });

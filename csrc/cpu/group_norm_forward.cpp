@@ -268,7 +268,8 @@ struct Forward {
   // float32 channels_last: 1x1280x8x8 0.89x -> 1.05-1.17x torch, 1x2560x8x8 0.63x -> 0.94-1.06x,
   // 1x2560x16x16 0.69x -> 0.94-1.07x); when to take them: run().
   // Same chunks, same per-channel sums (loop_sum_dev_rows: a strip of the rows gets the bits of
-  // the whole rows), same folds: the bits of run_fused and the split schedule.
+  // the whole rows), same folds: the bits of the split schedule. One strip a sample is run_fused's
+  // NSC schedule.
   void run_strips(int64_t strips) const {
     const int64_t G = sh.groups, K = plan.num_chunks, C = sh.C;
     const int64_t width = C / strips, strip_groups = G / strips;
@@ -327,7 +328,7 @@ struct Forward {
   }
 
   void run_fused() const {
-    const int64_t G = sh.groups, K = plan.num_chunks, C = sh.C;
+    const int64_t G = sh.groups, K = plan.num_chunks;
     if (sh.order == MemoryOrder::NCS) {
       if (K == 1 && D() * sh.S * static_cast<int64_t>(sizeof(T)) <= kSmallSlabBytes) {
         run_fused_small_slabs();
@@ -353,23 +354,7 @@ struct Forward {
       });
       return;
     }
-    at::parallel_for(0, sh.N, cpu::grain_for(C * sh.S), [&](int64_t begin, int64_t end) {
-      const cpu::StreamingStoresFence fence{stream};
-      std::vector<Stats> partials(G * K);
-      std::vector<reduce_t> acc(2 * C), mean_c(C);
-      std::vector<acc_t> coeffs(3 * C);
-      for (int64_t n = begin; n < end; ++n) {
-        for (int64_t k = 0; k < K; ++k) chunk_moments_nsc(n, k, 0, C, acc, mean_c, partials.data() + k, K);
-        for (int64_t g = 0; g < G; ++g) finalize(n * G + g, partials.data() + g * K);
-        channel_coefficients(n, 0, G, &coeffs[0], &coeffs[C], &coeffs[2 * C]);
-        const int64_t block_rows = std::max<int64_t>(1, kApplyGrainElems / C);
-        cpu::for_blocks(0, sh.S, block_rows, [&](int64_t s0, int64_t s1) {
-          const int64_t o = sh.offset(n, 0, s0);
-          cpu::loop_normalize_rows(x + o, y + o, s1 - s0, C, C, &coeffs[0], &coeffs[C], &coeffs[2 * C], act, stream,
-                                   prefetch);
-        });
-      }
-    });
+    run_strips(1);  // NSC: a sample per task
   }
 };
 
