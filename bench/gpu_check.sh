@@ -177,10 +177,17 @@ if [ -z "${SKIP_CPU_TESTS:-}" ]; then
   workers=${CPU_TEST_WORKERS:-4}
   xdist=$($PY -c 'import xdist' 2>/dev/null && echo "-n $workers")
   [ -n "$xdist" ] && export OMP_NUM_THREADS=$(( $(nproc) / workers > 0 ? $(nproc) / workers : 1 ))
+  # torch's OpInfo catalogue (tests/test_torch_catalogue.py) imports torch.testing._internal,
+  # which needs `expecttest` (requirements.txt has it; the lent machines' images do not)
+  catalogue=""
+  if ! $PY -c 'import expecttest' 2>/dev/null; then
+    catalogue="--ignore=tests/test_torch_catalogue.py"
+    echo "(tests/test_torch_catalogue.py left out: this python has no expecttest)"
+  fi
   if time_for 40; then
     # -v: one line per test as it ends, so a run stopped at the deadline still names its failures
-    timeout $(limit ${CPU_TEST_TIMEOUT:-180}) $PY -X faulthandler -m pytest -v -p no:cacheprovider $xdist \
-        -k "not cuda" -m "not large" --ignore=tests/test_cpp_deploy.py --ignore=tests/test_distributed.py tests \
+    timeout $(limit ${CPU_TEST_TIMEOUT:-240}) $PY -X faulthandler -m pytest -v -p no:cacheprovider $xdist \
+        -k "not cuda" -m "not large" --ignore=tests/test_cpp_deploy.py --ignore=tests/test_distributed.py $catalogue tests \
         >"$OUT_DIR/cpu-tests.log" 2>&1
     rc=$?; [ $rc -ne 0 ] && status=1
     grep -E "^(FAILED|ERROR)|^Fatal Python|crashed while running| (FAILED|ERROR) tests/" "$OUT_DIR/cpu-tests.log" \
