@@ -200,13 +200,13 @@ GN_HOST_DEVICE ChunkPlan make_parallel_chunk_plan(int64_t length, int64_t elems_
 // of two threads busy for 52 rows, the other for 12: 2 chunks of 32 rows took 30% less time),
 // and no chunk exceeds kCpuRowChunkMaxElems, so large samples get more (the split schedules
 // spread chunks over the threads): a power of two up to kCpuRowChunks, then a multiple of it,
-// of chunks of equal length (but the last), not chunks of the longest length and a short last one, which split unevenly (a
-// 640-channel 64x64 sample as 10 chunks of 409 rows and one of 6: 2454 rows for one of two
-// threads, 1642 for the other; as 16 of 256 rows its float32 forward + backward took 0.84 ->
-// 0.75 ms on 2 cores, the forward 0.214 -> 0.199 ms). The minimum rows: chunks of 32-64 rows
-// of 1280 channels spent as long on that fixed cost and on their short columns as on the data; at least 128 rows
-// (and up to 256K elements, where 64K were the cap) made the float32 channels-last forward
-// 10-30% faster on 2 cores (2x1280x16x16 0.073 -> 0.055 ms, 2x320x64x64 0.27 -> 0.22 ms,
+// of chunks of equal length (but the last). Chunks of the longest length and a short last one
+// split unevenly (a 640-channel 64x64 sample as 10 chunks of 409 rows and one of 6: 2454 rows
+// for one of two threads, 1642 for the other; as 16 of 256 rows its float32 forward + backward
+// took 0.84 -> 0.75 ms on 2 cores, the forward 0.214 -> 0.199 ms). The minimum rows: chunks of
+// 32-64 rows of 1280 channels spent as long on that fixed cost and on their short columns as
+// on the data; at least 128 rows (and up to 256K elements, where 64K were the cap) made the
+// float32 channels-last forward 10-30% faster on 2 cores (2x1280x16x16 0.073 -> 0.055 ms, 2x320x64x64 0.27 -> 0.22 ms,
 // 1x1280x32x32 0.19 -> 0.13 ms; the 1280-channel 16x16 backward 0.116 -> 0.103 ms).
 // The shifted sums' error (moments_from_deviations) grows with the chunk: count * terms * 2^-53
 // of M2 at worst, with terms = rows / 4 four-row float partials per channel's double sum: about
