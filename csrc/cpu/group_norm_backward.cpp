@@ -14,6 +14,7 @@
 //
 // With a fused activation y = act(z), everything above holds for z with dL/dz = dy * act'(z)
 // in place of dy: activation_grad.h forms it, piece by piece just before the sums read it.
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -62,6 +63,13 @@ struct Backward {
   // it also took 4x256x32x32 and 2x640x32x32 float32 (4-5 MB a tensor): there the sums ran 7-9%
   // slower with it (0.131 -> 0.143 and 0.168 -> 0.185 ms, 2 cores) and grad_input 7%.
   bool prefetch;
+  // The gradient sums prefetch only rows of at most kSumsPrefetchMaxRowBytes: each four-row block
+  // prefetches the next in one burst, and on wider rows the bursts cost more than they saved (2
+  // cores, float32 sums from memory, prefetch off -> on: 1x1280x64x64 0.77 -> 0.85 ms, 2x640x64x64
+  // 0.76 -> 0.82, 4x640x64x64 1.98 -> 2.24; 4x320x64x64 0.82 -> 0.79, 1x128x512x512 5.98 -> 4.72,
+  // 2x32x64x64x64 channels_last_3d 3.05 -> 1.88).
+  static constexpr int64_t kSumsPrefetchMaxRowBytes = 1280;
+  bool sums_prefetch() const { return prefetch && sh.C * static_cast<int64_t>(sizeof(T)) <= kSumsPrefetchMaxRowBytes; }
   // A fused activation: dy above is dL/dz, which this forms piece by piece just before the
   // sums read it (every element once: the sums cover the tensor once). Null for identity.
   const cpu::ActivationGrad<T>* act_grad = nullptr;
@@ -96,7 +104,7 @@ struct Backward {
     const int64_t off = sh.offset(n, 0, p.begin(k)) + c0;
     if (act_grad) act_grad->nsc_rows(n, p.begin(k), p.end(k, sh.S));
     cpu::loop_grad_sums_rows(dy + off, x + off, p.end(k, sh.S) - p.begin(k), width, sh.C, channel_mean, part_dy,
-                             part_dy_xc, prefetch);
+                             part_dy_xc, sums_prefetch());
   }
 
   void channel_means(int64_t n, reduce_t* channel_mean) const {
@@ -190,7 +198,8 @@ struct Backward {
     const ChunkPlan p = plan();
     const int64_t K = p.num_chunks;
     if (ncs) {
-      std::vector<reduce_t> part(2 * N * C * K);  // (n * C + c) * K + k, then the same for dy * xc
+      // (n * C + c) * K + k, then the same for dy * xc; every element written by its chunk.
+      const std::unique_ptr<reduce_t[]> part(new reduce_t[2 * N * C * K]);
       at::parallel_for(0, N * C * K, cpu::grain_for(2 * p.chunk_len), [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
           chunk_sums_ncs(p, t / K, mean[t / K / D()], t % K, &part[t], &part[N * C * K + t]);
@@ -206,7 +215,8 @@ struct Backward {
         sum_dy_xc[nc] = b;
       }
     } else {
-      std::vector<reduce_t> part(2 * N * K * C);  // ((n * K + k) * C + c), then dy * xc
+      // ((n * K + k) * C + c), then dy * xc; every element written by its chunk (no zeroing).
+      const std::unique_ptr<reduce_t[]> part(new reduce_t[2 * N * K * C]);
       at::parallel_for(0, N * K, cpu::grain_for(2 * C * p.chunk_len), [&](int64_t begin, int64_t end) {
         std::vector<reduce_t> channel_mean(C);
         for (int64_t t = begin; t < end; ++t) {
@@ -214,15 +224,21 @@ struct Backward {
           chunk_sums_nsc(p, t / K, t % K, 0, C, channel_mean.data(), &part[t * C], &part[(N * K + t) * C]);
         }
       });
+      // Chunk by chunk over whole rows of partials (sequential, vectorized): each sum still adds
+      // its chunks' partials in chunk order from zero, as the fused schedules do. Channel by
+      // channel down the chunks, the walk took 5% of a 1x1280x64x64 float32 backward's sums.
+      std::fill(sum_dy, sum_dy + N * C, reduce_t(0));
+      std::fill(sum_dy_xc, sum_dy_xc + N * C, reduce_t(0));
       for (int64_t n = 0; n < N; ++n) {
-        for (int64_t c = 0; c < C; ++c) {
-          reduce_t a = 0, b = 0;
-          for (int64_t k = 0; k < K; ++k) {
-            a += part[(n * K + k) * C + c];
-            b += part[(N * K + n * K + k) * C + c];
+        for (int64_t k = 0; k < K; ++k) {
+          const reduce_t* p_dy = &part[(n * K + k) * C];
+          const reduce_t* p_dy_xc = &part[(N * K + n * K + k) * C];
+          reduce_t* s_dy = sum_dy + n * C;
+          reduce_t* s_dy_xc = sum_dy_xc + n * C;
+          for (int64_t c = 0; c < C; ++c) {
+            s_dy[c] += p_dy[c];
+            s_dy_xc[c] += p_dy_xc[c];
           }
-          sum_dy[n * C + c] = a;
-          sum_dy_xc[n * C + c] = b;
         }
       }
     }

@@ -423,6 +423,12 @@ struct WrappedCoefficients {
 constexpr int64_t kSumColumnBlock = 16;
 constexpr int64_t kSumColumnOrderMaxRows = 64;
 
+// The backward's channels-last gradient sums add four-row sums in pairs before a double sum takes
+// them (loops_backward.cpp, grad_sums_rows_row_order): the first pair and the third four-row sum
+// of each channel (and the rounded centres) wait in stack scratch of this many bytes an array, so
+// a row of up to 2048 float (1024 double) channels is walked whole, wider rows in pieces of that many.
+constexpr int64_t kPairScratchBytes = 8192;
+
 // Calls block(c0) for the column blocks [c0, c0 + kSumColumnBlock) of a chunk that sums faster
 // block by block (few rows, enough channels); returns the first channel left to the row loop.
 template <typename Block>
