@@ -31,6 +31,10 @@ CASES_SCRIPT = textwrap.dedent(
         ((4, 3, 5), 1, torch.float32, "contiguous"),            # shorter than one 16-byte store
         ((1, 1280, 8, 8), 32, torch.float32, "channels_last"),  # channels-last strips (N = 1), rows
         ((3, 1280, 8, 8), 32, torch.bfloat16, "channels_last"), # streamed a strip's width at a time
+        # float32 channels-last grad_input rows of whole lines stream from registers (loops_backward.cpp,
+        # grad_input_rows_stream_lines): whole rows per sample, and 40 channels (not whole lines) beside.
+        ((2, 64, 16, 16), 8, torch.float32, "channels_last"),
+        ((2, 40, 6, 7), 8, torch.float32, "channels_last"),
     ]
     fmt = {"channels_last": torch.channels_last, "channels_last_3d": torch.channels_last_3d}
     activations = ["silu", "relu", "gelu", "gelu_tanh"]

@@ -12,6 +12,8 @@
 #include "loops_half.h"
 #include "simd.h"
 
+#include <emmintrin.h>
+
 namespace groupnorm_ext {
 namespace cpu {
 namespace {
@@ -397,6 +399,57 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
   }
 }
 
+// float32 rows streamed straight from the vector registers, 16 channels at a time (lanes V: vf16,
+// or vf8x2 on the clones without AVX-512), four 16-byte streaming stores each: where the rows of
+// dx are whole 64-byte lines. write_streamed's line-sized local cost a store and a reload of every
+// element besides the five coefficient loads; from registers, grad_input alone from memory
+// (2 cores, flushed cache): 1x1280x64x64 1.41 -> 0.95 ms, 2x640x64x64 1.22 -> 0.84, 4x320x64x64
+// 0.90 -> 0.69. The expression of grad_input_rows_impl, so the same fused multiply-adds and bits.
+template <typename V>
+GN_INLINE void store_streamed16(float* p, V v) {
+  if constexpr (std::is_same_v<V, vf16>) {
+    _mm_stream_ps(p, (__m128)__builtin_shufflevector(v, v, 0, 1, 2, 3));
+    _mm_stream_ps(p + 4, (__m128)__builtin_shufflevector(v, v, 4, 5, 6, 7));
+    _mm_stream_ps(p + 8, (__m128)__builtin_shufflevector(v, v, 8, 9, 10, 11));
+    _mm_stream_ps(p + 12, (__m128)__builtin_shufflevector(v, v, 12, 13, 14, 15));
+  } else {
+    _mm_stream_ps(p, (__m128)__builtin_shufflevector(v.lo, v.lo, 0, 1, 2, 3));
+    _mm_stream_ps(p + 4, (__m128)__builtin_shufflevector(v.lo, v.lo, 4, 5, 6, 7));
+    _mm_stream_ps(p + 8, (__m128)__builtin_shufflevector(v.hi, v.hi, 0, 1, 2, 3));
+    _mm_stream_ps(p + 12, (__m128)__builtin_shufflevector(v.hi, v.hi, 4, 5, 6, 7));
+  }
+}
+template <typename V>
+GN_INLINE void grad_input_rows_streamed(const float* dy, const float* x, float* dx, int64_t rows, int64_t width,
+                                        int64_t ld, const float* a, const float* mean, const float* rstd,
+                                        const float* kxhat, const float* kc) {
+  for (int64_t r = 0; r < rows; ++r, x += ld, dy += ld, dx += ld) {
+    for (int64_t i = 0; i < width; i += 16) {
+      const V xhat = (load16<V>(x + i) - load16<V>(mean + i)) * load16<V>(rstd + i);
+      const V out = load16<V>(a + i) * load16<V>(dy + i) + (xhat * load16<V>(kxhat + i) + load16<V>(kc + i));
+      store_streamed16(dx + i, out);
+    }
+  }
+}
+
+// grad_input_rows_streamed where it applies (float32, rows of `width` channels `ld` apart, each
+// whole lines: width and ld multiples of 16, dx line-aligned); false (nothing written) elsewhere.
+template <typename T, typename acc_t>
+GN_INLINE bool grad_input_rows_stream_lines(const T* dy, const T* x, T* dx, int64_t rows, int64_t width, int64_t ld,
+                                            const acc_t* a, const acc_t* mean, const acc_t* rstd, const acc_t* kxhat,
+                                            const acc_t* kc) {
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<acc_t, float>) {
+#ifdef GN_STREAMING_STORES
+    if (width % 16 == 0 && ld % 16 == 0 && reinterpret_cast<uintptr_t>(dx) % kLineBytes == 0) {
+      wide_vectors() ? grad_input_rows_streamed<vf16>(dy, x, dx, rows, width, ld, a, mean, rstd, kxhat, kc)
+                     : grad_input_rows_streamed<vf8x2>(dy, x, dx, rows, width, ld, a, mean, rstd, kxhat, kc);
+      return true;
+    }
+#endif
+  }
+  return false;
+}
+
 // float16 on F16C (loops_half.h) where the CPU has it: true when done there.
 template <typename T, typename acc_t>
 GN_INLINE bool grad_input_runs_on_f16c(const T* dy, const T* x, T* dx, int64_t runs, int64_t len, const acc_t* a,
@@ -481,6 +534,7 @@ GN_INLINE bool grad_input_rows_on_f16c(const T* dy, const T* x, T* dx, int64_t r
                                       const opmath_t<T>* kc, bool stream, bool prefetch) {     \
     if (ld != C) { /* a strip (Backward::run_strips): in cache, no prefetch; a row at a time,    \
                       streamed with coefficients from its first channel */                    \
+      if (stream && grad_input_rows_stream_lines(dy, x, dx, rows, C, ld, a, mean, rstd, kxhat, kc)) return; \
       for (int64_t r = 0; r < rows; ++r, dy += ld, x += ld, dx += ld) {                        \
         if (grad_input_rows_on_f16c(dy, x, dx, 1, C, a, mean, rstd, kxhat, kc, stream)) continue; \
         if (!stream) {                                                                         \
@@ -505,6 +559,7 @@ GN_INLINE bool grad_input_rows_on_f16c(const T* dy, const T* x, T* dx, int64_t r
           dy, x);                                                                              \
     }                                                                                          \
     if (!stream) return grad_input_rows_impl(dy, x, dx, rows, C, a, mean, rstd, kxhat, kc);    \
+    if (grad_input_rows_stream_lines(dy, x, dx, rows, C, C, a, mean, rstd, kxhat, kc)) return;  \
     WrappedCoefficients<opmath_t<T>, 5> k({a, mean, rstd, kxhat, kc}, C, kLineBytes / sizeof(T)); \
     write_streamed(dx, rows * C, [&](T* out, int64_t b, int64_t len) GN_LAMBDA_INLINE {        \
       grad_input_rows_impl(dy + b, x + b, out, 1, len, k.at(0), k.at(1), k.at(2), k.at(3), k.at(4)); \
