@@ -12,8 +12,6 @@
 #include "loops_half.h"
 #include "simd.h"
 
-#include <emmintrin.h>
-
 namespace groupnorm_ext {
 namespace cpu {
 namespace {
@@ -400,25 +398,11 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
 }
 
 // float32 rows streamed straight from the vector registers, 16 channels at a time (lanes V: vf16,
-// or vf8x2 on the clones without AVX-512), four 16-byte streaming stores each: where the rows of
-// dx are whole 64-byte lines. write_streamed's line-sized local cost a store and a reload of every
+// or vf8x2 on the clones without AVX-512; simd.h store_streamed16): where the rows of dx are whole
+// 64-byte lines. write_streamed's line-sized local cost a store and a reload of every
 // element besides the five coefficient loads; from registers, grad_input alone from memory
 // (2 cores, flushed cache): 1x1280x64x64 1.41 -> 0.95 ms, 2x640x64x64 1.22 -> 0.84, 4x320x64x64
 // 0.90 -> 0.69. The expression of grad_input_rows_impl, so the same fused multiply-adds and bits.
-template <typename V>
-GN_INLINE void store_streamed16(float* p, V v) {
-  if constexpr (std::is_same_v<V, vf16>) {
-    _mm_stream_ps(p, (__m128)__builtin_shufflevector(v, v, 0, 1, 2, 3));
-    _mm_stream_ps(p + 4, (__m128)__builtin_shufflevector(v, v, 4, 5, 6, 7));
-    _mm_stream_ps(p + 8, (__m128)__builtin_shufflevector(v, v, 8, 9, 10, 11));
-    _mm_stream_ps(p + 12, (__m128)__builtin_shufflevector(v, v, 12, 13, 14, 15));
-  } else {
-    _mm_stream_ps(p, (__m128)__builtin_shufflevector(v.lo, v.lo, 0, 1, 2, 3));
-    _mm_stream_ps(p + 4, (__m128)__builtin_shufflevector(v.lo, v.lo, 4, 5, 6, 7));
-    _mm_stream_ps(p + 8, (__m128)__builtin_shufflevector(v.hi, v.hi, 0, 1, 2, 3));
-    _mm_stream_ps(p + 12, (__m128)__builtin_shufflevector(v.hi, v.hi, 4, 5, 6, 7));
-  }
-}
 template <typename V>
 GN_INLINE void grad_input_rows_streamed(const float* dy, const float* x, float* dx, int64_t rows, int64_t width,
                                         int64_t ld, const float* a, const float* mean, const float* rstd,

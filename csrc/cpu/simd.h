@@ -393,6 +393,28 @@ GN_INLINE void write_streamed(T* dst, int64_t n, const F& compute) {
   compute(dst, 0, n);
 }
 
+#ifdef GN_STREAMING_STORES
+// Sixteen floats in lanes V (vf16, or vf8x2 on the clones without AVX-512) to the line at p
+// (64-byte aligned) with four 16-byte streaming stores, straight from the registers: the float32
+// row loops that write whole lines use it in place of write_streamed's line-sized local, whose
+// store and reload of every element cost more than the loop's own work (loops_backward.cpp,
+// grad_input_rows_streamed). SSE2 stores, as write_streamed's, so every clone inlines them.
+template <typename V>
+GN_INLINE void store_streamed16(float* p, V v) {
+  if constexpr (std::is_same_v<V, vf16>) {
+    _mm_stream_ps(p, (__m128)__builtin_shufflevector(v, v, 0, 1, 2, 3));
+    _mm_stream_ps(p + 4, (__m128)__builtin_shufflevector(v, v, 4, 5, 6, 7));
+    _mm_stream_ps(p + 8, (__m128)__builtin_shufflevector(v, v, 8, 9, 10, 11));
+    _mm_stream_ps(p + 12, (__m128)__builtin_shufflevector(v, v, 12, 13, 14, 15));
+  } else {
+    _mm_stream_ps(p, (__m128)__builtin_shufflevector(v.lo, v.lo, 0, 1, 2, 3));
+    _mm_stream_ps(p + 4, (__m128)__builtin_shufflevector(v.lo, v.lo, 4, 5, 6, 7));
+    _mm_stream_ps(p + 8, (__m128)__builtin_shufflevector(v.hi, v.hi, 0, 1, 2, 3));
+    _mm_stream_ps(p + 12, (__m128)__builtin_shufflevector(v.hi, v.hi, 4, 5, 6, 7));
+  }
+}
+#endif
+
 // Row loops streamed: element i of a rows x C block has channel i % C, so a line of the
 // output needs the coefficients of a run of channels that may wrap into the next row. Each
 // coefficient array is copied out to C + kLine entries (ext[j] = coef[j % C]): any run of
