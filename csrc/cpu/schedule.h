@@ -105,7 +105,8 @@ inline int64_t fuse_budget_bytes() {
 // (2x128x128x128, 2x640x64x64, 4x320x64x64, 8x128x64x64 channels_last 0.73-0.85x), plain stores
 // 1-2 (0.98-0.99x): torch's plain stores leave its y dirty in the cache for our call to write
 // back, ours streamed left a clean cache to torch's; and plain stores keep part of y in the cache
-// for its consumer. The backward keeps x + dy + dx.
+// for its consumer. The backward passes x + dy + dx, doubled for the float32 channels-last rows
+// that stream from registers (group_norm_backward.cpp, stream_grad_input).
 // GROUPNORM_EXT_STREAMING_STORES=0 never streams, =1 always does (read once).
 inline constexpr int64_t kStreamingFootprintCap = int64_t(32) << 20;
 // The cache the thresholds here measure against: the last-level cache of the cores' domain, at
