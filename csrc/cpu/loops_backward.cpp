@@ -403,6 +403,7 @@ GN_INLINE void grad_input_rows_impl(const T* dy, const T* x, T* dx, int64_t rows
 // element besides the five coefficient loads; from registers, grad_input alone from memory
 // (2 cores, flushed cache): 1x1280x64x64 1.41 -> 0.95 ms, 2x640x64x64 1.22 -> 0.84, 4x320x64x64
 // 0.90 -> 0.69. The expression of grad_input_rows_impl, so the same fused multiply-adds and bits.
+#ifdef GN_STREAMING_STORES
 template <typename V>
 GN_INLINE void grad_input_rows_streamed(const float* dy, const float* x, float* dx, int64_t rows, int64_t width,
                                         int64_t ld, const float* a, const float* mean, const float* rstd,
@@ -415,6 +416,7 @@ GN_INLINE void grad_input_rows_streamed(const float* dy, const float* x, float* 
     }
   }
 }
+#endif
 
 // grad_input_rows_streamed where it applies (float32, rows of `width` channels `ld` apart, each
 // whole lines: width and ld multiples of 16, dx line-aligned); false (nothing written) elsewhere.
