@@ -1,7 +1,7 @@
 // The elementwise passes (forward apply, grad_input): every sample's C * S elements are
-// walked in tiles of THREADS * VEC * UNROLL elements; each thread loads UNROLL 16-byte
-// vectors of every input before it computes (several loads in flight), and finds each
-// element's channel through plan.h's TileChannels (one 64-bit division per tile).
+// walked in tiles of THREADS * VEC * UNROLL elements, one tile per block; each thread loads
+// UNROLL 16-byte vectors of every input before it computes (several loads in flight), and
+// finds each element's channel through plan.h's TileChannels (one 64-bit division per tile).
 #pragma once
 
 #include <cstdlib>
@@ -148,7 +148,11 @@ void launch_tiled_elementwise(const GroupNormShape& sh, const T* const (&in)[NIN
     } else {
       a.vec_channels = sh.C % V == 0 ? VecChannels::kConsecutive : VecChannels::kGeneral;
     }
-    const unsigned blocks = grid_for(a.total_tiles, num_sms() * 8);
+    // One tile per block (the loop above covers a grid capped at 2^31 - 1 blocks): on an H100
+    // the forward apply and grad_input passes ran 4-7% faster than with a grid-stride walk of
+    // 8 blocks per SM, at the device-to-device copy's bandwidth (bench/cuda_micro,
+    // bench/results/cuda-notes.md, 2026-11-27).
+    const unsigned blocks = grid_for(a.total_tiles, INT32_MAX);
     tiled_elementwise_kernel<T, V, U, kElementwiseThreads, NIN>
         <<<blocks, kElementwiseThreads, 0, stream>>>(a, op);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
