@@ -236,39 +236,32 @@ GN_INLINE void grad_sums_rows_row_order(const T* dy, const T* x, int64_t rows, i
     const T* px = x + c0;
     int64_t r = 0;
     for (; r + 16 <= rows; r += 16, px += 16 * stride, pdy += 16 * stride) {
-      for (int64_t b = 0; b < 4; ++b) {
+      // Four-row block b of the sixteen rows: add(i, t) takes its sums of channel i.
+      const auto block = [&](int64_t b, const auto& add) GN_LAMBDA_INLINE {
         const T* bdy = pdy + 4 * b * stride;
         const T* bx = px + 4 * b * stride;
         if (prefetch) {
           prefetch_block_ahead(bdy, block_bytes);
           prefetch_block_ahead(bx, block_bytes);
         }
-        if (b == 0) {
-          for (int64_t i = 0; i < w; ++i) {
-            const RowSums<sum_t> t = four_row_sums(bdy, bx, stride, i, m[i]);
-            first_dy[i] = t.dy;
-            first_dy_xc[i] = t.dy_xc;
-          }
-        } else if (b == 1) {
-          for (int64_t i = 0; i < w; ++i) {
-            const RowSums<sum_t> t = four_row_sums(bdy, bx, stride, i, m[i]);
-            first_dy[i] = first_dy[i] + t.dy;
-            first_dy_xc[i] = first_dy_xc[i] + t.dy_xc;
-          }
-        } else if (b == 2) {
-          for (int64_t i = 0; i < w; ++i) {
-            const RowSums<sum_t> t = four_row_sums(bdy, bx, stride, i, m[i]);
-            third_dy[i] = t.dy;
-            third_dy_xc[i] = t.dy_xc;
-          }
-        } else {
-          for (int64_t i = 0; i < w; ++i) {
-            const RowSums<sum_t> t = four_row_sums(bdy, bx, stride, i, m[i]);
-            s_dy[i] += static_cast<reduce_t>(first_dy[i] + (third_dy[i] + t.dy));
-            s_dy_xc[i] += static_cast<reduce_t>(first_dy_xc[i] + (third_dy_xc[i] + t.dy_xc));
-          }
-        }
-      }
+        for (int64_t i = 0; i < w; ++i) add(i, four_row_sums(bdy, bx, stride, i, m[i]));
+      };
+      block(0, [&](int64_t i, const RowSums<sum_t>& t) GN_LAMBDA_INLINE {
+        first_dy[i] = t.dy;
+        first_dy_xc[i] = t.dy_xc;
+      });
+      block(1, [&](int64_t i, const RowSums<sum_t>& t) GN_LAMBDA_INLINE {
+        first_dy[i] = first_dy[i] + t.dy;
+        first_dy_xc[i] = first_dy_xc[i] + t.dy_xc;
+      });
+      block(2, [&](int64_t i, const RowSums<sum_t>& t) GN_LAMBDA_INLINE {
+        third_dy[i] = t.dy;
+        third_dy_xc[i] = t.dy_xc;
+      });
+      block(3, [&](int64_t i, const RowSums<sum_t>& t) GN_LAMBDA_INLINE {
+        s_dy[i] += static_cast<reduce_t>(first_dy[i] + (third_dy[i] + t.dy));
+        s_dy_xc[i] += static_cast<reduce_t>(first_dy_xc[i] + (third_dy_xc[i] + t.dy_xc));
+      });
     }
     for (; r + 4 <= rows; r += 4, px += 4 * stride, pdy += 4 * stride) {
       if (prefetch) {
