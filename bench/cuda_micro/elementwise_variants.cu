@@ -26,19 +26,12 @@
 #include <vector>
 
 #include "../../csrc/plan.h"
+#include "micro.cuh"
 
 using groupnorm_ext::GroupNormShape;
 using groupnorm_ext::MemoryOrder;
 using groupnorm_ext::TileChannels;
 
-#define CHECK(call)                                                                         \
-  do {                                                                                      \
-    cudaError_t e_ = (call);                                                                \
-    if (e_ != cudaSuccess) {                                                                \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                         \
-    }                                                                                       \
-  } while (0)
 
 template <typename T, int N>
 struct alignas(16) Vec {
@@ -162,14 +155,6 @@ __global__ void count_diff(const uint32_t* a, const uint32_t* b, int64_t n, unsi
   if (d) atomicAdd(diff, d);
 }
 
-__global__ void fill(float* p, int64_t n, uint32_t seed) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
-    p[i] = (h & 0xffffff) * (1.f / 16777216.f) * 4.f - 2.f;
-  }
-}
-
 template <typename T>
 __global__ void to_t(const float* src, T* dst, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
@@ -187,11 +172,6 @@ static int g_sms = 0;
 static int g_reps = 20;
 static bool g_all = true;  // every one-input variant, or (argv[2] == "quick") the base alone
 
-static float median(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 struct Bufs {
   void* x;
   void* dy;
@@ -208,26 +188,10 @@ struct Bufs {
 // Times launch() after a read pass over x; returns the median in ms.
 template <typename T, typename F>
 float time_after_read(const Bufs& b, F launch, bool read_dy = false) {
-  cudaEvent_t e0, e1;
-  CHECK(cudaEventCreate(&e0));
-  CHECK(cudaEventCreate(&e1));
-  std::vector<float> ts;
-  for (int r = 0; r < g_reps + 2; ++r) {
+  return median_event_ms(g_reps, 2, [&](int) {
     if (read_dy) read_pass<T><<<g_sms * 8, 256>>>(static_cast<const T*>(b.dy), b.elems, b.sink);
     read_pass<T><<<g_sms * 8, 256>>>(static_cast<const T*>(b.x), b.elems, b.sink);
-    CHECK(cudaGetLastError());
-    CHECK(cudaEventRecord(e0));
-    launch();
-    CHECK(cudaGetLastError());
-    CHECK(cudaEventRecord(e1));
-    CHECK(cudaEventSynchronize(e1));
-    float ms;
-    CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    if (r >= 2) ts.push_back(ms);
-  }
-  CHECK(cudaEventDestroy(e0));
-  CHECK(cudaEventDestroy(e1));
-  return median(ts);
+  }, launch);
 }
 
 template <typename T, int UNROLL, int THREADS, int HINT, int NIN = 1>
@@ -308,12 +272,12 @@ void run_case(const Case& cs) {
   CHECK(cudaMalloc(&b.sink, g_sms * 8 * sizeof(float)));
   float* tmp;
   CHECK(cudaMalloc(&tmp, b.elems * sizeof(float)));
-  fill<<<g_sms * 8, 256>>>(tmp, b.elems, 1u);
+  fill_uniform<<<g_sms * 8, 256>>>(tmp, b.elems, 1u, 4.f, 0.f);
   to_t<T><<<g_sms * 8, 256>>>(tmp, static_cast<T*>(b.x), b.elems);
-  fill<<<g_sms * 8, 256>>>(tmp, b.elems, 4u);
+  fill_uniform<<<g_sms * 8, 256>>>(tmp, b.elems, 4u, 4.f, 0.f);
   to_t<T><<<g_sms * 8, 256>>>(tmp, static_cast<T*>(b.dy), b.elems);
-  fill<<<g_sms, 256>>>(b.scale, cs.N * cs.C, 2u);
-  fill<<<g_sms, 256>>>(b.shift, cs.N * cs.C, 3u);
+  fill_uniform<<<g_sms, 256>>>(b.scale, cs.N * cs.C, 2u, 4.f, 0.f);
+  fill_uniform<<<g_sms, 256>>>(b.shift, cs.N * cs.C, 3u, 4.f, 0.f);
   CHECK(cudaGetLastError());
   CHECK(cudaDeviceSynchronize());
   CHECK(cudaFree(tmp));

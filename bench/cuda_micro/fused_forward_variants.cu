@@ -22,16 +22,10 @@
 #include <cstdlib>
 #include <vector>
 
+#include "micro.cuh"
+
 namespace cg = cooperative_groups;
 
-#define CHECK(call)                                                                         \
-  do {                                                                                      \
-    cudaError_t e_ = (call);                                                                \
-    if (e_ != cudaSuccess) {                                                                \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                         \
-    }                                                                                       \
-  } while (0)
 
 struct Args {
   const float* x;
@@ -139,14 +133,6 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) fused_kernel(Args a) {
   }
 }
 
-__global__ void fill(float* p, int64_t n, uint32_t seed, float scale, float offset) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
-    p[i] = ((h & 0xffffff) * (1.f / 16777216.f) - 0.5f) * scale + offset;
-  }
-}
-
 __global__ void max_diff(const float* a, const float* b, int64_t n, float* out) {
   float m = 0;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -163,25 +149,9 @@ static const int64_t kFlushElems = int64_t(64) << 20;  // 256 MB
 
 template <typename F>
 float time_flushed(F launch) {
-  cudaEvent_t e0, e1;
-  CHECK(cudaEventCreate(&e0));
-  CHECK(cudaEventCreate(&e1));
-  std::vector<float> ts;
-  for (int r = 0; r < g_reps + 3; ++r) {
+  return median_event_ms(g_reps, 3, [](int r) {
     CHECK(cudaMemsetAsync(g_flush, r & 0xff, kFlushElems * sizeof(float)));
-    CHECK(cudaEventRecord(e0));
-    launch();
-    CHECK(cudaGetLastError());
-    CHECK(cudaEventRecord(e1));
-    CHECK(cudaEventSynchronize(e1));
-    float ms;
-    CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    if (r >= 3) ts.push_back(ms);
-  }
-  CHECK(cudaEventDestroy(e0));
-  CHECK(cudaEventDestroy(e1));
-  std::sort(ts.begin(), ts.end());
-  return ts[ts.size() / 2];
+  }, launch);
 }
 
 struct Case {
@@ -267,9 +237,9 @@ void run_case(const Case& cs) {
   CHECK(cudaMalloc(&bf.w, cs.C * sizeof(float)));
   CHECK(cudaMalloc(&bf.b, cs.C * sizeof(float)));
   CHECK(cudaMalloc(&bf.diff, sizeof(float)));
-  fill<<<g_sms * 8, 256>>>(bf.x, bf.n, 1u, 4.f, 0.5f);
-  fill<<<g_sms, 256>>>(bf.w, cs.C, 2u, 2.f, 1.f);
-  fill<<<g_sms, 256>>>(bf.b, cs.C, 3u, 2.f, 0.f);
+  fill_uniform<<<g_sms * 8, 256>>>(bf.x, bf.n, 1u, 4.f, 0.5f);
+  fill_uniform<<<g_sms, 256>>>(bf.w, cs.C, 2u, 2.f, 1.f);
+  fill_uniform<<<g_sms, 256>>>(bf.b, cs.C, 3u, 2.f, 0.f);
   CHECK(cudaGetLastError());
   const float copy_ms = time_flushed(
       [&] { CHECK(cudaMemcpyAsync(bf.y, bf.x, bf.n * sizeof(float), cudaMemcpyDeviceToDevice)); });
