@@ -18,6 +18,8 @@
 #   under those environment variables, compared with the main run's times (e.g.
 #   VARIANT_ENV=GROUPNORM_EXT_CUDA_REVERSE_PASSES=0: the elementwise passes walking forward);
 # PROFILE=1 adds Nsight Compute counters per kernel (bench/gpu_profile.py; ncu.md, ncu.csv);
+# MICRO=1 builds and runs the standalone kernel-shape micro-benchmarks (bench/cuda_micro/*.cu,
+#   each a few seconds) first, before the build, into one micro.md;
 # 5. runs the CPU tests under the machine's own torch (SKIP_CPU_TESTS=1 leaves them out): first the
 #    1-D input case that crashed only there (with a cuda-gdb backtrace on a crash), then the rest.
 # TOTAL_S (default 540) is the whole check's deadline: each step's limit is cut to the time left,
@@ -49,6 +51,22 @@ cxx_path=$(readlink -f "$(command -v ${CXX:-c++})"); echo "compiler: $cxx_path"
 [ "$(head -c2 "$cxx_path" 2>/dev/null)" = "#!" ] && grep -vE "^\s*#|^\s*$" "$cxx_path" | cut -c1-200 | head -8
 env | grep -E "^(CXX|CC|LDFLAGS|CXXFLAGS|CFLAGS)=" || true
 ARCH=$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
+
+# Optional: the kernel-shape micro-benchmarks (standalone CUDA programs; no torch needed)
+if [ -n "${MICRO:-}" ]; then
+  step "kernel-shape micro-benchmarks (bench/cuda_micro)"
+  for src in bench/cuda_micro/*.cu; do
+    name=$(basename "$src" .cu)
+    if nvcc -O3 -std=c++17 -arch="sm_${ARCH/./}" -o "/tmp/$name" "$src" >"$OUT_DIR/micro-$name-build.log" 2>&1; then
+      echo "## $name" >>"$OUT_DIR/micro.md"
+      timeout $(limit 60) "/tmp/$name" ${MICRO_REPS:-20} >"$OUT_DIR/micro-$name.log" 2>&1 || status=1
+      cat "$OUT_DIR/micro-$name.log" >>"$OUT_DIR/micro.md"; echo >>"$OUT_DIR/micro.md"
+      echo "$name: $(grep -c '^| ' "$OUT_DIR/micro-$name.log") rows, $(grep -cE 'MISMATCH|nan|inf \||cannot run|: ' "$OUT_DIR/micro-$name.log") flagged"
+    else
+      status=1; echo "$name: build failed"; tail -5 "$OUT_DIR/micro-$name-build.log"
+    fi
+  done
+fi
 
 step "build (TORCH_CUDA_ARCH_LIST=$ARCH)"
 if ! TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$ARCH} MAX_JOBS=${MAX_JOBS:-$(nproc)} FORCE_CUDA=1 \
@@ -197,7 +215,7 @@ if [ -z "${SKIP_CPU_TESTS:-}" ]; then
 fi
 
 # the logs in one archive (a results folder then holds: table .md/.png/.json + logs.tar.gz)
-(cd "$OUT_DIR" && tar czf logs.tar.gz ./*.log static_check.md ncu.csv 2>/dev/null; rm -f build.log tests.log \
+(cd "$OUT_DIR" && tar czf logs.tar.gz ./*.log static_check.md ncu.csv 2>/dev/null; rm -f build.log tests.log micro-*.log \
     sanitizer-*.log bench-*.log large-tests.log ncu-stderr.log static_check.md ncu.csv cpu-tests.log cpu-errors.log cpu-crash-bt.log)
 echo; echo "gpu_check: $([ $status -eq 0 ] && echo PASSED || echo FAILED) ($(date +%T))"
 exit $status
