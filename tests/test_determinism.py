@@ -25,6 +25,10 @@ CASES = [
     pytest.param((3, 12, 1001), 3, "misaligned", id="3x12x1001-G3-misaligned"),
     pytest.param((3, 12, 1001), 12, "strided", id="3x12x1001-G12-strided"),
     pytest.param((64, 32), 8, "contiguous", id="64x32-G8-rank2"),
+    # channels_last backward split into 8 row chunks a sample on 2+ threads (3 samples do not
+    # balance 2 threads): both threads combine the chunk partials, a range of (n, c) each that
+    # crosses sample boundaries (0..575, 576..1151 of 3 x 384)
+    pytest.param((3, 384, 32, 32), 32, "channels_last", id="3x384x32x32-G32-channels_last-split"),
 ]
 DTYPES = [pytest.param(d, id=str(d)[6:]) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)]
 
