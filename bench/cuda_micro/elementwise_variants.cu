@@ -311,10 +311,7 @@ void run_case(const Case& cs) {
 int main(int argc, char** argv) {
   if (argc > 1) g_reps = std::atoi(argv[1]);
   if (argc > 2) g_all = std::string(argv[2]) != "quick";
-  cudaDeviceProp prop;
-  CHECK(cudaGetDeviceProperties(&prop, 0));
-  g_sms = prop.multiProcessorCount;
-  std::printf("%s, %d SMs, L2 %d MB, reps %d\n\n", prop.name, g_sms, prop.l2CacheSize >> 20, g_reps);
+  g_sms = print_device(g_reps);
   std::printf("| case | variant | unroll | threads | hint | grid | walk | ms | GB/s | of copy | bits |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   // the seed shape's forward apply (1 GB float32, contiguous), N = 1 G = 32 (134 MB), and the

@@ -144,14 +144,10 @@ __global__ void max_diff(const float* a, const float* b, int64_t n, float* out) 
 }
 
 static int g_sms = 0, g_reps = 20;
-static float* g_flush = nullptr;
-static const int64_t kFlushElems = int64_t(64) << 20;  // 256 MB
 
 template <typename F>
 float time_flushed(F launch) {
-  return median_event_ms(g_reps, 3, [](int r) {
-    CHECK(cudaMemsetAsync(g_flush, r & 0xff, kFlushElems * sizeof(float)));
-  }, launch);
+  return median_event_ms(g_reps, 3, flush_l2, launch);
 }
 
 struct Case {
@@ -262,11 +258,7 @@ void run_case(const Case& cs) {
 
 int main(int argc, char** argv) {
   if (argc > 1) g_reps = std::atoi(argv[1]);
-  cudaDeviceProp prop;
-  CHECK(cudaGetDeviceProperties(&prop, 0));
-  g_sms = prop.multiProcessorCount;
-  CHECK(cudaMalloc(&g_flush, kFlushElems * sizeof(float)));
-  std::printf("%s, %d SMs, L2 %d MB, reps %d\n\n", prop.name, g_sms, prop.l2CacheSize >> 20, g_reps);
+  g_sms = print_device(g_reps);
   std::printf("| case | variant | vectors/thread | threads | cluster | max active clusters | ms | GB/s | of copy | max diff |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   // diffusion-UNet activations, float32 contiguous, G = 32

@@ -55,3 +55,23 @@ float median_event_ms(int reps, int warmup, const Before& before, const Launch& 
   std::sort(ts.begin(), ts.end());
   return ts[ts.size() / 2];
 }
+
+// Writes 256 MB before a timed call (its `r` varies the bytes), so that the call finds its
+// data in device memory, not in L2; the buffer is allocated on first use.
+inline void flush_l2(int r) {
+  static const size_t kBytes = size_t(256) << 20;
+  static void* buffer = [] {
+    void* p = nullptr;
+    CHECK(cudaMalloc(&p, kBytes));
+    return p;
+  }();
+  CHECK(cudaMemsetAsync(buffer, r & 0xff, kBytes));
+}
+
+// Prints the device line every table starts with; returns the number of SMs.
+inline int print_device(int reps) {
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("%s, %d SMs, L2 %d MB, reps %d\n\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, reps);
+  return prop.multiProcessorCount;
+}

@@ -166,16 +166,12 @@ __global__ void reference_means(const T* x, int64_t C, int64_t S, int64_t G, int
 }
 
 static int g_sms = 0, g_reps = 20;
-static float* g_flush = nullptr;
-static const int64_t kFlushElems = int64_t(64) << 20;  // 256 MB
 
 struct Case {
   const char* name;
   bool bf16;
   int64_t N, C, S, G;
 };
-
-static void flush(int r) { CHECK(cudaMemsetAsync(g_flush, r & 0xff, kFlushElems * sizeof(float))); }
 
 template <typename T, int THREADS, int B, bool FLOAT_BATCH, int MIN_BLOCKS>
 void run_variant(const Case& cs, const void* x, const std::vector<float>& host_x, double* partials,
@@ -201,7 +197,7 @@ void run_variant(const Case& cs, const void* x, const std::vector<float>& host_x
   auto kernel = nsc_stats_kernel<T, THREADS, B, FLOAT_BATCH, MIN_BLOCKS>;
   if (smem > 48 * 1024) CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const unsigned blocks = static_cast<unsigned>(cs.N * a.K);
-  const float ms = median_event_ms(g_reps, 3, flush, [&] { kernel<<<blocks, THREADS, smem>>>(a); });
+  const float ms = median_event_ms(g_reps, 3, flush_l2, [&] { kernel<<<blocks, THREADS, smem>>>(a); });
   CHECK(cudaDeviceSynchronize());
   std::vector<double> part(2 * cs.N * cs.G * a.K);
   CHECK(cudaMemcpy(part.data(), partials, part.size() * sizeof(double), cudaMemcpyDeviceToHost));
@@ -253,7 +249,7 @@ void run_case(const Case& cs) {
   CHECK(cudaFree(tmp));
   std::vector<double> ref_means(cs.N * cs.G);
   CHECK(cudaMemcpy(ref_means.data(), ref, ref_means.size() * sizeof(double), cudaMemcpyDeviceToHost));
-  const float read_ms = median_event_ms(g_reps, 3, flush, [&] {
+  const float read_ms = median_event_ms(g_reps, 3, flush_l2, [&] {
     read_all<<<g_sms * 8, 512>>>(reinterpret_cast<const float4*>(x), int64_t(bytes / 16), sink);
   });
   std::printf("| %s | read x | | | | | | %.4f | %.0f | 100%% | |\n", cs.name, read_ms, bytes / read_ms / 1e6);
@@ -273,11 +269,7 @@ void run_case(const Case& cs) {
 
 int main(int argc, char** argv) {
   if (argc > 1) g_reps = std::atoi(argv[1]);
-  cudaDeviceProp prop;
-  CHECK(cudaGetDeviceProperties(&prop, 0));
-  g_sms = prop.multiProcessorCount;
-  CHECK(cudaMalloc(&g_flush, kFlushElems * sizeof(float)));
-  std::printf("%s, %d SMs, L2 %d MB, reps %d\n\n", prop.name, g_sms, prop.l2CacheSize >> 20, g_reps);
+  g_sms = print_device(g_reps);
   std::printf("| case | variant | threads | rows in flight | batch sums | chunks/sample | rows/chunk | ms | GB/s | of read | max mean error |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   run_case<__nv_bfloat16>({"2x64x128^3 G4 bf16 cl3d", true, 2, 64, 128 * 128 * 128, 4});
