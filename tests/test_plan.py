@@ -84,31 +84,35 @@ def test_parallel_chunk_plan(length, per, slabs, min_len, align):
 @pytest.mark.parametrize("rows,C", [(0, 64), (1, 4), (64, 1280), (64, 640), (256, 640), (256, 1280), (16, 2560),
                                     (1024, 256), (4096, 320), (262144, 64), (3, 100000), (1000003, 7), (25, 1311),
                                     (4096, 640), (4096, 1280), (16384, 320), (1000003, 640)])
-def test_cpu_row_chunk_plan(rows, C):
+@pytest.mark.parametrize("bound", ["forward", "gradient"])
+def test_cpu_row_chunk_plan(rows, C, bound):
     """The CPU channels-last chunks: whole rows covering the sample, at least 32K elements and 128 rows a
     chunk (but one) unless the sample is smaller, a power-of-two count (<= 8) while chunks stay within
-    256K elements, never over 256K elements unless one row is; past 8, chunks of equal length but the last,
-    so that 2, 4 or 8 threads taking consecutive chunks get even shares."""
-    chunk, num = _C._plan_cpu_row_chunk_plan(rows, C)
+    the length bound (256K elements; the backward's gradient sums 1M), never over it unless one row is;
+    past 8, chunks of equal length but the last, so that 2, 4 or 8 threads taking consecutive chunks get
+    even shares."""
+    max_elems = 262144 if bound == "forward" else _C._plan_cpu_grad_row_chunk_max_elems
+    assert max_elems >= 262144
+    chunk, num = _C._plan_cpu_row_chunk_plan(rows, C, 0 if bound == "forward" else max_elems)
     assert chunk >= 1
     if rows == 0:
         assert num == 0
         return
     assert (num - 1) * chunk < rows <= num * chunk
-    assert chunk * C <= max(262144, C)
-    if num <= 8 and chunk * C < 262144 - C:  # not capped by the length bound
+    assert chunk * C <= max(max_elems, C)
+    if num <= 8 and chunk * C < max_elems - C:  # not capped by the length bound
         assert num & (num - 1) == 0, "a power of two, so that 2 / 4 / 8 threads get equal shares"
         assert num == 1 or (rows * C // num >= 32768 - C and rows // num >= 128 - 1)
         # as many as allowed: doubling would make chunks under 32K elements or 128 rows, or more than 8
         assert num == 8 or rows * C < 2 * num * 32768 or rows < 2 * num * 128
     if num > 8:
         # only the length bound makes more than 8: then the fewest multiple of 8 chunks within it
-        needed = -(-rows // max(1, 262144 // C))
+        needed = -(-rows // max(1, max_elems // C))
         assert chunk == -(-rows // (-(-needed // 8) * 8))
         for threads in (2, 4, 8):  # at::parallel_for's split: consecutive ranges of ceil(num / threads)
             first_share = min(num, -(-num // threads)) * chunk
             assert first_share - rows / threads <= max(chunk / 2, rows / (32 * threads)), (threads, first_share)
-    assert _C._plan_cpu_row_chunk_plan(rows, C) == (chunk, num)
+    assert _C._plan_cpu_row_chunk_plan(rows, C, 0 if bound == "forward" else max_elems) == (chunk, num)
 
 
 @pytest.mark.parametrize("case", ["normal", "offset", "outlier_shift", "constant", "tiny_spread", "huge"])

@@ -1,7 +1,8 @@
-"""Software prefetch in the CPU loops (csrc/cpu/simd.h): the channels-last statistics and gradient sums
-prefetch rows ahead, and the channels-last normalization walks its rows in steps of about four lines,
-prefetching input and output ahead of each step. Only hints and the grouping of rows differ, so every
-output must be bitwise the one the loops write without prefetch. The switch (GROUPNORM_EXT_CPU_PREFETCH,
+"""Software prefetch in the CPU loops (csrc/cpu/simd.h): the channels-last statistics prefetch rows ahead,
+the channels-last normalization walks its rows in steps of about four lines, prefetching input and output
+ahead of each step, and the channels-last gradient sums take their rows one at a time over their float sums
+instead of four (data from memory, csrc/cpu/loops_backward.cpp). Only hints, the grouping of rows and the
+order of the loads differ, so every output must be bitwise the one the loops write without prefetch. The switch (GROUPNORM_EXT_CPU_PREFETCH,
 read once per process; by default on only for data beyond the caches) is forced on and off in two child
 processes over the same inputs (the cases of test_streaming_stores: row lengths from 8 to 5200 bytes,
 odd sizes, misaligned views, fused activations, four dtypes), with plain stores in both."""

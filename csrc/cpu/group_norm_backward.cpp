@@ -59,18 +59,12 @@ struct Backward {
   reduce_t* sum_dy;     // (N, C)
   reduce_t* sum_dy_xc;  // (N, C)
   bool stream;          // write dx with streaming stores (cpu::streaming_stores_pay)
-  // Prefetch NSC rows in software, in the sums and in grad_input (cpu::software_prefetch_pays),
-  // judged on one tensor's bytes as the forward's normalization is. Judged on x and dy together
-  // it also took 4x256x32x32 and 2x640x32x32 float32 (4-5 MB a tensor): there the sums ran 7-9%
-  // slower with it (0.131 -> 0.143 and 0.168 -> 0.185 ms, 2 cores) and grad_input 7%.
+  // Prefetch NSC rows of grad_input in software (cpu::software_prefetch_pays), judged on one
+  // tensor's bytes as the forward's normalization is. Judged on x and dy together it also took
+  // 4x256x32x32 and 2x640x32x32 float32 (4-5 MB a tensor): there grad_input ran 7% slower with it.
+  // The same judgement tells the gradient sums their rows come from memory (loop_grad_sums_rows,
+  // which then walks them a row at a time).
   bool prefetch;
-  // The gradient sums prefetch only rows of at most kSumsPrefetchMaxRowBytes: each four-row block
-  // prefetches the next in one burst, and on wider rows the bursts cost more than they saved (2
-  // cores, float32 sums from memory, prefetch off -> on: 1x1280x64x64 0.77 -> 0.85 ms, 2x640x64x64
-  // 0.76 -> 0.82, 4x640x64x64 1.98 -> 2.24; 4x320x64x64 0.82 -> 0.79, 1x128x512x512 5.98 -> 4.72,
-  // 2x32x64x64x64 channels_last_3d 3.05 -> 1.88).
-  static constexpr int64_t kSumsPrefetchMaxRowBytes = 1280;
-  bool sums_prefetch() const { return prefetch && sh.C * static_cast<int64_t>(sizeof(T)) <= kSumsPrefetchMaxRowBytes; }
   // A fused activation: dy above is dL/dz, which this forms piece by piece just before the
   // sums read it (every element once: the sums cover the tensor once). Null for identity.
   const cpu::ActivationGrad<T>* act_grad = nullptr;
@@ -79,12 +73,12 @@ struct Backward {
   const int64_t group_channels = sh.channels_per_group();
 
   int64_t D() const { return group_channels; }
-  // NSC: row chunks as the forward's (per sample, independent of N), at most kMaxRowChunks a
-  // sample: each chunk's partial is a row of C sums, and their memory must stay far below
-  // the tensor's.
+  // NSC: row chunks as the forward's (per sample, independent of N) but up to
+  // kCpuGradRowChunkMaxElems long (plan.h), at most kMaxRowChunks a sample: each chunk's partial
+  // is a row of C sums, and their memory must stay far below the tensor's.
   ChunkPlan plan() const {
     if (sh.order == MemoryOrder::NCS) return make_chunk_plan(sh.S, 1);
-    const ChunkPlan p = make_cpu_row_chunk_plan(sh.S, sh.C);
+    const ChunkPlan p = make_cpu_row_chunk_plan(sh.S, sh.C, kCpuGradRowChunkMaxElems);
     return p.num_chunks <= kMaxRowChunks ? p : make_chunk_plan(sh.S, sh.C, kMaxRowChunks);
   }
 
@@ -105,7 +99,7 @@ struct Backward {
     const int64_t off = sh.offset(n, 0, p.begin(k)) + c0;
     if (act_grad) act_grad->nsc_rows(n, p.begin(k), p.end(k, sh.S));
     cpu::loop_grad_sums_rows(dy + off, x + off, p.end(k, sh.S) - p.begin(k), width, sh.C, channel_mean, part_dy,
-                             part_dy_xc, sums_prefetch());
+                             part_dy_xc, prefetch);
   }
 
   void channel_means(int64_t n, reduce_t* channel_mean) const {

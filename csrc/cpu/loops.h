@@ -91,10 +91,11 @@ using reduce_t = double;
                             const opmath_t<T>* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc);  \
   /* per-channel sums over rows of C channels, `ld` >= C apart: sum_dy[c] = sum of dy[r, c],   \
      sum_dy_xc[c] = sum of dy * (x - mean[c]); each channel's the same whatever C and ld (a    \
-     strip of the rows gets the bits of the whole rows) */                                    \
+     strip of the rows gets the bits of the whole rows) and from_memory (whether the rows     \
+     come from memory rather than cache: how the rows are walked, not what is added) */       \
   void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C, int64_t ld,     \
                            const reduce_t* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc,      \
-                           bool prefetch);                                                   \
+                           bool from_memory);                                                \
   /* dx = a * dy + ((x - mean) * rstd) * kxhat + kc, one coefficient set for the run.       \
      xhat is formed first so no coefficient needs rstd^2 or rstd^3 (they underflow). */     \
   void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,             \

@@ -192,178 +192,157 @@ GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, reduce_t mean,
   *sum_dy_xc = reduce_vectors(p0, p1) + tail_dy_xc;
 }
 
-// The sums of four rows `stride` apart at channel i, in sum_t: dy as (g0 + g1) + (g2 + g3), and
-// dy * (x - m) the same way. Parenthesised so that each multiply has exactly one add to contract
-// with: every copy of the loops below (vector bodies, scalar tails) forms the same FMAs.
-template <typename sum_t>
-struct RowSums {
-  sum_t dy, dy_xc;
-};
-template <typename sum_t, typename T>
-GN_INLINE RowSums<sum_t> four_row_sums(const T* dy, const T* x, int64_t stride, int64_t i, sum_t m) {
-  const sum_t g0 = load<sum_t>(dy + i), g1 = load<sum_t>(dy + stride + i);
-  const sum_t g2 = load<sum_t>(dy + 2 * stride + i), g3 = load<sum_t>(dy + 3 * stride + i);
-  return {(g0 + g1) + (g2 + g3),
-          (g0 * (load<sum_t>(x + i) - m) + g1 * (load<sum_t>(x + stride + i) - m)) +
-              (g2 * (load<sum_t>(x + 2 * stride + i) - m) + g3 * (load<sum_t>(x + 3 * stride + i) - m))};
+// Channels-last gradient sums, a row at a time: the float terms of a block of kGradRowBlock rows
+// are added row by row into float sums of the block's channels (scratch in L1), which then join
+// the double sums; from memory, the next row is the next address, so the hardware prefetchers
+// see one sequential stream per tensor (dy, x). Four-row sums added pairwise over sixteen rows,
+// eight streams a row apart, read memory slower on this project's AMD EPYC machines: 2 cores,
+// float32 channels_last, these loops alone in one process, that order (with its software prefetch
+// on rows of up to 1280 bytes) -> this one: 1x1280x64x64 0.58 -> 0.50 ms, 2x640x64x64 0.63 -> 0.49,
+// 16x128x64x64 1.32 -> 0.98, 2x32x64x64x64 channels_last_3d 2.66 -> 2.24, 1x32x512x512 1.09 ->
+// 0.93; float16 2x1280x64x64 0.87 -> 0.61; torch's whole float sums 0.47, 0.48, -, 2.38, -. Not
+// everywhere: bfloat16 rows of 32-128 channels from memory went 1.02 -> 1.19 ms (2x32x64x64x64)
+// and 0.39 -> 0.51 ms (16x128x64x64), where the eight-lane conversions bound the loop.
+// 256-bit lanes: 512-bit ones were 10-20% slower from memory (and faster on samples in L1/L2).
+//
+// Per channel: f = g for a block's first row, then f = f + g in row order, and the same for
+// dy * (x - m) as f = f + g * (x - m) (one product per add: each copy of the loop, vector body or
+// scalar tail, forms the same fused multiply-add where the clone has one), m the mean rounded to
+// float; each block's f then added to the double sum. A channel's sums depend on its own column
+// only: a strip of the rows gets the bits of the whole rows. A block's float sum of 32 terms is
+// within 31 roundings of 2^-24 of their magnitude (torch sums a sample's rows in float).
+
+// A block's first row sets its float sums of channels [0, w): dy, and dy * (x - m) rounded once
+// (stored, so that no add can contract it). Eight-lane vectors written out: auto-vectorized,
+// the AVX-512 clone took 512-bit lanes (above).
+template <typename T>
+GN_INLINE void grad_first_row_float(const T* dy, const T* x, int64_t w, const float* m, float* f_dy,
+                                    float* f_dy_xc) {
+  int64_t i = 0;
+  for (; i + 8 <= w; i += 8) {
+    const vf8 g = load8f(dy + i);
+    store8f(f_dy + i, g);
+    store8f(f_dy_xc + i, g * (load8f(x + i) - load8f(m + i)));
+  }
+  for (; i < w; ++i) {
+    const float g = load<float>(dy + i);
+    f_dy[i] = g;
+    f_dy_xc[i] = g * (load<float>(x + i) - m[i]);
+  }
 }
 
-// Sets sum_dy[0..width) and sum_dy_xc[0..width) of rows `stride` apart: sixteen rows at a time as
-// four four-row sums (four_row_sums) added pairwise in sum_t, ((b0 + b1) + (b2 + b3)), then to the
-// double sums; then four rows at a time, then row by row. The terms are centred on m = mean[i]
-// rounded to sum_t (the caller corrects for the rounding), rounded once into scratch. A double sum
-// per sixteen rows rather than per four: the widening and the double adds were what the loop
-// waited on (2 cores, float32 channels_last, these loops alone from memory, old and new in one
-// process: 1x1280x64x64 0.94 -> 0.84 ms, 2x640x64x64 0.73 -> 0.68, 4x320x64x64 0.77 -> 0.69; torch's
-// whole float-only sums 0.83, 0.54, 0.53). The pairs wait in stack scratch of kPairChannels
-// channels; wider rows are walked in pieces of that many channels.
-template <typename sum_t, typename T>
-GN_INLINE void grad_sums_rows_row_order(const T* dy, const T* x, int64_t rows, int64_t width, int64_t stride,
-                                        const reduce_t* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch) {
-  constexpr int64_t kPairChannels = kPairScratchBytes / sizeof(sum_t);
-  const int64_t block_bytes = 4 * stride * static_cast<int64_t>(sizeof(T));
-  for (int64_t c0 = 0; c0 < width; c0 += kPairChannels) {
-    const int64_t w = std::min(kPairChannels, width - c0);
-    sum_t m[kPairChannels], first_dy[kPairChannels], first_dy_xc[kPairChannels], third_dy[kPairChannels],
-        third_dy_xc[kPairChannels];
+// Rows [0, R) `ld` apart added to the float sums, per channel in row order: f = f + g and
+// f = f + g * (x - m), one product per add (every copy forms the same fused multiply-add). R only
+// sets how many rows share a load and store of the sums, not the additions: any R, the same bits.
+template <int R, typename T>
+GN_INLINE void grad_rows_float(const T* dy, const T* x, int64_t ld, int64_t w, const float* m, float* f_dy,
+                               float* f_dy_xc) {
+  int64_t i = 0;
+  for (; i + 8 <= w; i += 8) {
+    const vf8 mi = load8f(m + i);
+    vf8 s_dy = load8f(f_dy + i), s_dy_xc = load8f(f_dy_xc + i);
+    for (int r = 0; r < R; ++r) {
+      const vf8 g = load8f(dy + r * ld + i);
+      s_dy = s_dy + g;
+      s_dy_xc = s_dy_xc + g * (load8f(x + r * ld + i) - mi);
+    }
+    store8f(f_dy + i, s_dy);
+    store8f(f_dy_xc + i, s_dy_xc);
+  }
+  for (; i < w; ++i) {
+    float s_dy = f_dy[i], s_dy_xc = f_dy_xc[i];
+    for (int r = 0; r < R; ++r) {
+      const float g = load<float>(dy + r * ld + i);
+      s_dy = s_dy + g;
+      s_dy_xc = s_dy_xc + g * (load<float>(x + r * ld + i) - m[i]);
+    }
+    f_dy[i] = s_dy;
+    f_dy_xc[i] = s_dy_xc;
+  }
+}
+
+// The float pass of grad_sums_rows_impl: sums of dy and dy * (x - m), m = float(mean), into the
+// double sums (set, not added to). Rows from memory (from_memory) whose walk is contiguous (whole
+// rows: the piece is the row) go one per pass over the float sums: the hardware prefetchers then
+// see one stream per tensor. Elsewhere four rows share a pass, a quarter of the loads and stores
+// of the sums, which bound the loop on data in cache. 2 cores, float32, these loops alone, one
+// row / four rows a pass: 1x1280x64x64 0.51 / 0.63 ms, 2x32x64x64x64 channels_last_3d 2.36 / 3.09;
+// 4x1280x8x8 0.025 / 0.022, 4x320x32x32 0.086 / 0.072, 8x2560x16x16 (pieces of 2048 channels
+// down 64-row chunks) 1.21 / 0.71.
+template <typename T>
+GN_INLINE void grad_sums_rows_float(const T* dy, const T* x, int64_t rows, int64_t width, int64_t ld,
+                                    const reduce_t* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc, bool from_memory) {
+  for (int64_t c0 = 0; c0 < width; c0 += kGradPieceChannels) {
+    const int64_t w = std::min(kGradPieceChannels, width - c0);
+    const bool one_row_per_pass = from_memory && w == ld;
+    alignas(64) float m[kGradPieceChannels], f_dy[kGradPieceChannels], f_dy_xc[kGradPieceChannels];
     reduce_t* const s_dy = sum_dy + c0;
     reduce_t* const s_dy_xc = sum_dy_xc + c0;
     for (int64_t i = 0; i < w; ++i) {
-      m[i] = static_cast<sum_t>(mean[c0 + i]);
+      m[i] = static_cast<float>(mean[c0 + i]);
       s_dy[i] = s_dy_xc[i] = 0;
     }
     const T* pdy = dy + c0;
     const T* px = x + c0;
-    int64_t r = 0;
-    for (; r + 16 <= rows; r += 16, px += 16 * stride, pdy += 16 * stride) {
-      // Four-row block b of the sixteen rows: add(i, t) takes its sums of channel i.
-      const auto block = [&](int64_t b, const auto& add) GN_LAMBDA_INLINE {
-        const T* bdy = pdy + 4 * b * stride;
-        const T* bx = px + 4 * b * stride;
-        if (prefetch) {
-          prefetch_block_ahead(bdy, block_bytes);
-          prefetch_block_ahead(bx, block_bytes);
-        }
-        for (int64_t i = 0; i < w; ++i) add(i, four_row_sums(bdy, bx, stride, i, m[i]));
-      };
-      block(0, [&](int64_t i, const RowSums<sum_t>& t) GN_LAMBDA_INLINE {
-        first_dy[i] = t.dy;
-        first_dy_xc[i] = t.dy_xc;
-      });
-      block(1, [&](int64_t i, const RowSums<sum_t>& t) GN_LAMBDA_INLINE {
-        first_dy[i] = first_dy[i] + t.dy;
-        first_dy_xc[i] = first_dy_xc[i] + t.dy_xc;
-      });
-      block(2, [&](int64_t i, const RowSums<sum_t>& t) GN_LAMBDA_INLINE {
-        third_dy[i] = t.dy;
-        third_dy_xc[i] = t.dy_xc;
-      });
-      block(3, [&](int64_t i, const RowSums<sum_t>& t) GN_LAMBDA_INLINE {
-        s_dy[i] += static_cast<reduce_t>(first_dy[i] + (third_dy[i] + t.dy));
-        s_dy_xc[i] += static_cast<reduce_t>(first_dy_xc[i] + (third_dy_xc[i] + t.dy_xc));
-      });
-    }
-    for (; r + 4 <= rows; r += 4, px += 4 * stride, pdy += 4 * stride) {
-      if (prefetch) {
-        prefetch_block_ahead(pdy, block_bytes);
-        prefetch_block_ahead(px, block_bytes);
+    for (int64_t r0 = 0; r0 < rows; r0 += kGradRowBlock) {
+      const int64_t r1 = std::min(rows, r0 + kGradRowBlock);
+      grad_first_row_float(pdy + r0 * ld, px + r0 * ld, w, m, f_dy, f_dy_xc);
+      int64_t r = r0 + 1;
+      if (!one_row_per_pass) {
+        for (; r + 4 <= r1; r += 4) grad_rows_float<4>(pdy + r * ld, px + r * ld, ld, w, m, f_dy, f_dy_xc);
       }
+      for (; r < r1; ++r) grad_rows_float<1>(pdy + r * ld, px + r * ld, ld, w, m, f_dy, f_dy_xc);
       for (int64_t i = 0; i < w; ++i) {
-        const RowSums<sum_t> t = four_row_sums(pdy, px, stride, i, m[i]);
-        s_dy[i] += static_cast<reduce_t>(t.dy);
-        s_dy_xc[i] += static_cast<reduce_t>(t.dy_xc);
-      }
-    }
-    for (; r < rows; ++r, px += stride, pdy += stride) {
-      for (int64_t i = 0; i < w; ++i) {
-        const sum_t g = load<sum_t>(pdy + i);
-        s_dy[i] += static_cast<reduce_t>(g);
-        s_dy_xc[i] += static_cast<reduce_t>(g * (load<sum_t>(px + i) - m[i]));
+        s_dy[i] += static_cast<reduce_t>(f_dy[i]);
+        s_dy_xc[i] += static_cast<reduce_t>(f_dy_xc[i]);
       }
     }
   }
 }
 
-// grad_sums_rows_row_order for one block of kSumColumnBlock channels, down all the rows with
-// the sums in registers (see sum_dev_column_block): the same additions, the same bits.
-template <typename sum_t, typename T>
-GN_INLINE void grad_sums_column_block(const T* dy, const T* x, int64_t rows, int64_t stride, const reduce_t* mean,
-                                      reduce_t* sum_dy, reduce_t* sum_dy_xc) {
-  reduce_t s1[kSumColumnBlock] = {}, s2[kSumColumnBlock] = {};
-  sum_t m[kSumColumnBlock];
-  for (int64_t j = 0; j < kSumColumnBlock; ++j) m[j] = static_cast<sum_t>(mean[j]);
-  int64_t r = 0;
-  for (; r + 16 <= rows; r += 16, x += 16 * stride, dy += 16 * stride) {
-    for (int64_t j = 0; j < kSumColumnBlock; ++j) {
-      const RowSums<sum_t> t0 = four_row_sums(dy, x, stride, j, m[j]);
-      const RowSums<sum_t> t1 = four_row_sums(dy + 4 * stride, x + 4 * stride, stride, j, m[j]);
-      const RowSums<sum_t> t2 = four_row_sums(dy + 8 * stride, x + 8 * stride, stride, j, m[j]);
-      const RowSums<sum_t> t3 = four_row_sums(dy + 12 * stride, x + 12 * stride, stride, j, m[j]);
-      s1[j] += static_cast<reduce_t>((t0.dy + t1.dy) + (t2.dy + t3.dy));
-      s2[j] += static_cast<reduce_t>((t0.dy_xc + t1.dy_xc) + (t2.dy_xc + t3.dy_xc));
+// The same sums in double, row by row into the double sums: float64 data, and the channels whose
+// float sums cannot be trusted (grad_sums_rows_impl).
+template <typename T>
+GN_INLINE void grad_sums_rows_double(const T* dy, const T* x, int64_t rows, int64_t width, int64_t ld,
+                                     const reduce_t* mean, reduce_t* __restrict sum_dy,
+                                     reduce_t* __restrict sum_dy_xc) {
+  for (int64_t i = 0; i < width; ++i) sum_dy[i] = sum_dy_xc[i] = 0;
+  for (int64_t r = 0; r < rows; ++r, dy += ld, x += ld) {
+    for (int64_t i = 0; i < width; ++i) {
+      const reduce_t g = load<reduce_t>(dy + i);
+      sum_dy[i] = sum_dy[i] + g;
+      sum_dy_xc[i] = sum_dy_xc[i] + g * (load<reduce_t>(x + i) - mean[i]);
     }
-  }
-  for (; r + 4 <= rows; r += 4, x += 4 * stride, dy += 4 * stride) {
-    for (int64_t j = 0; j < kSumColumnBlock; ++j) {
-      const RowSums<sum_t> t = four_row_sums(dy, x, stride, j, m[j]);
-      s1[j] += static_cast<reduce_t>(t.dy);
-      s2[j] += static_cast<reduce_t>(t.dy_xc);
-    }
-  }
-  for (; r < rows; ++r, x += stride, dy += stride) {
-    for (int64_t j = 0; j < kSumColumnBlock; ++j) {
-      const sum_t g = load<sum_t>(dy + j);
-      s1[j] += static_cast<reduce_t>(g);
-      s2[j] += static_cast<reduce_t>(g * (load<sum_t>(x + j) - m[j]));
-    }
-  }
-  for (int64_t j = 0; j < kSumColumnBlock; ++j) {
-    sum_dy[j] = s1[j];
-    sum_dy_xc[j] = s2[j];
   }
 }
 
-template <typename sum_t, typename T>
-GN_INLINE void grad_sums_rows_as(const T* dy, const T* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* mean,
-                                 reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch) {
-  const int64_t c = for_column_blocks(rows, C, [&](int64_t c0) GN_LAMBDA_INLINE {
-    grad_sums_column_block<sum_t>(dy + c0, x + c0, rows, ld, mean + c0, sum_dy + c0, sum_dy_xc + c0);
-  });
-  if (c < C) {
-    grad_sums_rows_row_order<sum_t>(dy + c, x + c, rows, C - c, ld, mean + c, sum_dy + c, sum_dy_xc + c, prefetch);
-  }
-}
-
-// Float terms for float / bfloat16 / half data (half the widening of double; 20-30% of a
-// channels-last backward), as grad_sums_float: each term within 2^-23 of its double value, a
-// sixteen-row float sum (four-row sums added pairwise) within 5 roundings of 2^-24 of its terms'
-// magnitude (torch sums a whole sample's rows in float), then double sums, corrected
-// for the float centre: sum dy * (x - mean) = sum dy * (x - m) - (mean - m) * sum dy. Channels
-// float cannot be trusted with are summed again in double, a run of such channels at a time
-// (simd.h for_trusted_channels): Inf / NaN (overflow of a product past 3e38, or such data),
-// and a |sum of products| under kFloatSumFloor, where products may have fallen below float's
-// normal range -- unless both sums are exactly zero (a channel whose dy is all zeros).
+// Float terms for float / bfloat16 / half data (grad_sums_rows_float; float16 on F16C in
+// loops_half.inc, the same order), then double sums corrected for the float centre:
+// sum dy * (x - mean) = sum dy * (x - m) - (mean - m) * sum dy. Channels float cannot be trusted
+// with are summed again in double, a run of such channels at a time (simd.h
+// for_trusted_channels): Inf / NaN (overflow of a product past 3e38, or such data), and a |sum of
+// products| under kFloatSumFloor, where products may have fallen below float's normal range --
+// unless both sums are exactly zero (a channel whose dy is all zeros).
 template <typename T>
 GN_INLINE void grad_sums_rows_impl(const T* dy, const T* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* mean,
-                                   reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch) {
+                                   reduce_t* sum_dy, reduce_t* sum_dy_xc, bool from_memory) {
   if constexpr (!std::is_same_v<T, double>) {
     bool done = false;
     if constexpr (std::is_same_v<T, c10::Half>) {
-      if ((done = f16c_loops())) grad_sums_rows_f16c(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch);
+      if ((done = f16c_loops())) grad_sums_rows_f16c(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, from_memory);
     }
-    if (!done) grad_sums_rows_as<float>(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch);
+    if (!done) grad_sums_rows_float(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, from_memory);
     for_trusted_channels(
         sum_dy, sum_dy_xc, C, kFloatSumFloor,
         [&](int64_t c) GN_LAMBDA_INLINE {
           sum_dy_xc[c] -= (mean[c] - static_cast<reduce_t>(static_cast<float>(mean[c]))) * sum_dy[c];
         },
         [&](int64_t c, int64_t end) GN_LAMBDA_INLINE {
-          grad_sums_rows_as<reduce_t>(dy + c, x + c, rows, end - c, ld, mean + c, sum_dy + c, sum_dy_xc + c,
-                                      prefetch);
+          grad_sums_rows_double(dy + c, x + c, rows, end - c, ld, mean + c, sum_dy + c, sum_dy_xc + c);
         });
     return;
   }
-  grad_sums_rows_as<reduce_t>(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch);
+  grad_sums_rows_double(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc);
 }
 
 // Parenthesised so that each multiply has exactly one add to contract with: where the clone
@@ -480,8 +459,8 @@ GN_INLINE bool grad_input_rows_on_f16c(const T* dy, const T* x, T* dx, int64_t r
   }                                                                                            \
   GN_CLONES void loop_grad_sums_rows(const T* dy, const T* x, int64_t rows, int64_t C,        \
                                      int64_t ld, const reduce_t* mean, reduce_t* sum_dy,       \
-                                     reduce_t* sum_dy_xc, bool prefetch) {                     \
-    grad_sums_rows_impl(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch);                \
+                                     reduce_t* sum_dy_xc, bool from_memory) {                  \
+    grad_sums_rows_impl(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, from_memory);             \
   }                                                                                            \
   GN_CLONES void loop_grad_input(const T* dy, const T* x, T* dx, int64_t n, opmath_t<T> a,     \
                                  opmath_t<T> mean, opmath_t<T> rstd, opmath_t<T> kxhat,        \

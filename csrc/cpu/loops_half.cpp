@@ -191,8 +191,8 @@ void grad_input_rows_f16c(const c10::Half* dy, const c10::Half* x, c10::Half* dx
   GN_F16C_DISPATCH(grad_input_rows(dy, x, dx, rows, C, a, mean, rstd, kxhat, kc, stream))
 }
 void grad_sums_rows_f16c(const c10::Half* dy, const c10::Half* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* mean,
-                         reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch) {
-  GN_F16C_DISPATCH(grad_sums_rows(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, prefetch))
+                         reduce_t* sum_dy, reduce_t* sum_dy_xc, bool from_memory) {
+  GN_F16C_DISPATCH(grad_sums_rows(dy, x, rows, C, ld, mean, sum_dy, sum_dy_xc, from_memory))
 }
 #undef GN_F16C_DISPATCH
 

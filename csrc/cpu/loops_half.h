@@ -86,7 +86,7 @@ void grad_input_rows_f16c(const c10::Half* dy, const c10::Half* x, c10::Half* dx
                           const float* a, const float* mean, const float* rstd, const float* kxhat, const float* kc,
                           bool stream);
 void grad_sums_rows_f16c(const c10::Half* dy, const c10::Half* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* mean,
-                         reduce_t* sum_dy, reduce_t* sum_dy_xc, bool prefetch);
+                         reduce_t* sum_dy, reduce_t* sum_dy_xc, bool from_memory);
 
 }  // namespace cpu
 }  // namespace groupnorm_ext

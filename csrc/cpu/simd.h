@@ -1,6 +1,6 @@
 // Building blocks of the CPU loops (loops_forward.cpp, loops_backward.cpp): GCC vector types
 // and their loads, the fixed lane reductions, software prefetch, streaming stores, and the
-// column-block walk of the channels-last sums. Everything here is always-inline, so each
+// block sizes of the channels-last sums. Everything here is always-inline, so each
 // `target_clones` copy of a loop compiles it for that copy's ISA.
 //
 // Reductions keep 16 independent lane accumulators: vectorized without -ffast-math, and
@@ -305,19 +305,32 @@ GN_INLINE vf8 load8f(const float* p) {
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
+// upper_halves on eight lanes: the widening conversion of eight 16-bit lanes (zero-extend, then
+// shift) became two four-lane conversions and a byte shift on the AVX-512 clone, and halved the
+// speed of the bfloat16 gradient sums' row loop (loops_backward.cpp, grad_rows_float).
+template <typename R>
+GN_INLINE R upper_halves8(vh8 h) {
+  const vh8 zero = {};
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  const vh16 halves = __builtin_shufflevector(h, zero, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+#else
+  const vh16 halves = __builtin_shufflevector(zero, h, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+#endif
+  R r;
+  __builtin_memcpy(&r, &halves, sizeof(r));
+  return r;
+}
 GN_INLINE vf8 load8f(const c10::BFloat16* p) {
   vh8 h;
   __builtin_memcpy(&h, p, sizeof(h));
-  const vu8 bits = __builtin_convertvector(h, vu8) << 16;
-  vf8 f;
-  __builtin_memcpy(&f, &bits, sizeof(f));
-  return f;
+  return upper_halves8<vf8>(h);
 }
 GN_INLINE vf8 load8f(const c10::Half* p) {
   vh8 h;
   __builtin_memcpy(&h, p, sizeof(h));
-  return half_bits_to_float<vu8, vf8>(__builtin_convertvector(h, vu8) << 16);
+  return half_bits_to_float<vu8, vf8>(upper_halves8<vu8>(h));
 }
+GN_INLINE void store8f(float* p, vf8 v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
 // Sixteen consecutive values as the lane type V (vf16 or vf8x2), and V with every lane v.
 template <typename V, typename T>
@@ -436,31 +449,20 @@ struct WrappedCoefficients {
   }
 };
 
-// Chunks of few rows are summed a block of channels at a time, down all the rows: the block's
-// sums then stay in registers for the whole chunk instead of being loaded and stored every
-// four rows (1280 channels by 32 rows, the chunks of a 1280-channel 8x8 image, moved as many
-// bytes of sums as of data). Per channel the same additions in the same order as the row
-// loop, so the same bits. The backward's gradient sums and float16's F16C statistics use it;
-// the forward's float deviations are faster in row order (loops_forward.cpp, sum_dev_rows_impl).
+// float16's F16C statistics (loops_half.inc, sum_dev_rows) sum chunks of at most
+// kSumColumnOrderMaxRows rows a block of kSumColumnBlock channels at a time, down all the rows: the
+// block's sums then stay in registers for the whole chunk instead of being loaded and stored every
+// few rows. Per channel the same additions in the same order as the row loop, so the same bits
+// (the clones' float deviations are faster in row order: loops_forward.cpp, sum_dev_rows_impl).
 constexpr int64_t kSumColumnBlock = 16;
 constexpr int64_t kSumColumnOrderMaxRows = 64;
 
-// The backward's channels-last gradient sums add four-row sums in pairs before a double sum takes
-// them (loops_backward.cpp, grad_sums_rows_row_order): the first pair and the third four-row sum
-// of each channel (and the rounded centres) wait in stack scratch of this many bytes an array, so
-// a row of up to 2048 float (1024 double) channels is walked whole, wider rows in pieces of that many.
-constexpr int64_t kPairScratchBytes = 8192;
-
-// Calls block(c0) for the column blocks [c0, c0 + kSumColumnBlock) of a chunk that sums faster
-// block by block (few rows, enough channels); returns the first channel left to the row loop.
-template <typename Block>
-GN_INLINE int64_t for_column_blocks(int64_t rows, int64_t C, const Block& block) {
-  int64_t c = 0;
-  if (rows <= kSumColumnOrderMaxRows && C >= 4 * kSumColumnBlock) {
-    for (; c + kSumColumnBlock <= C; c += kSumColumnBlock) block(c);
-  }
-  return c;
-}
+// The backward's channels-last gradient sums take rows one at a time into float sums of a block
+// of this many rows, then add those to double sums (loops_backward.cpp, grad_sums_rows_float; the
+// F16C copy in loops_half.inc), walking rows wider than kGradPieceChannels a piece at a time (the
+// float sums and centres of a piece: 24 KiB of scratch).
+constexpr int64_t kGradRowBlock = 32;
+constexpr int64_t kGradPieceChannels = 2048;
 
 // Whether per-channel sums formed in float lanes can be trusted: for every c, first[c] and
 // second[c] finite and |second[c]| >= floor, unless both are exactly zero. On the doubles'

@@ -27,9 +27,9 @@ std::pair<int64_t, int64_t> parallel_chunk_plan(int64_t length, int64_t elems_pe
   return {p.chunk_len, p.num_chunks};
 }
 
-// (chunk_len, num_chunks) of make_cpu_row_chunk_plan.
-std::pair<int64_t, int64_t> cpu_row_chunk_plan(int64_t rows, int64_t C) {
-  const ChunkPlan p = make_cpu_row_chunk_plan(rows, C);
+// (chunk_len, num_chunks) of make_cpu_row_chunk_plan; max_elems 0: the default bound.
+std::pair<int64_t, int64_t> cpu_row_chunk_plan(int64_t rows, int64_t C, int64_t max_elems) {
+  const ChunkPlan p = max_elems > 0 ? make_cpu_row_chunk_plan(rows, C, max_elems) : make_cpu_row_chunk_plan(rows, C);
   return {p.chunk_len, p.num_chunks};
 }
 
@@ -192,7 +192,9 @@ std::tuple<double, double, double> combine_chunks_by_levels(const at::Tensor& ch
 void bind_plan(pybind11::module& m) {
   m.def("_plan_chunk_plan", &chunk_plan);
   m.def("_plan_parallel_chunk_plan", &parallel_chunk_plan);
-  m.def("_plan_cpu_row_chunk_plan", &cpu_row_chunk_plan);
+  m.def("_plan_cpu_row_chunk_plan", &cpu_row_chunk_plan, pybind11::arg("rows"), pybind11::arg("C"),
+        pybind11::arg("max_elems") = 0);
+  m.attr("_plan_cpu_grad_row_chunk_max_elems") = kCpuGradRowChunkMaxElems;
   m.def("_plan_chunk_offsets", &chunk_offsets);
   m.def("_plan_shifted_moments", &shifted_moments);
   m.def("_plan_element_channels", &element_channels);
