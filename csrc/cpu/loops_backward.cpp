@@ -212,28 +212,11 @@ GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, reduce_t mean,
 // only: a strip of the rows gets the bits of the whole rows. A block's float sum of 32 terms is
 // within 31 roundings of 2^-24 of their magnitude (torch sums a sample's rows in float).
 
-// A block's first row sets its float sums of channels [0, w): dy, and dy * (x - m) rounded once
-// (stored, so that no add can contract it). Eight-lane vectors written out: auto-vectorized,
-// the AVX-512 clone took 512-bit lanes (above).
-template <typename T>
-GN_INLINE void grad_first_row_float(const T* dy, const T* x, int64_t w, const float* m, float* f_dy,
-                                    float* f_dy_xc) {
-  int64_t i = 0;
-  for (; i + 8 <= w; i += 8) {
-    const vf8 g = load8f(dy + i);
-    store8f(f_dy + i, g);
-    store8f(f_dy_xc + i, g * (load8f(x + i) - load8f(m + i)));
-  }
-  for (; i < w; ++i) {
-    const float g = load<float>(dy + i);
-    f_dy[i] = g;
-    f_dy_xc[i] = g * (load<float>(x + i) - m[i]);
-  }
-}
-
 // Rows [0, R) `ld` apart added to the float sums, per channel in row order: f = f + g and
-// f = f + g * (x - m), one product per add (every copy forms the same fused multiply-add). R only
-// sets how many rows share a load and store of the sums, not the additions: any R, the same bits.
+// f = f + g * (x - m) from f = 0, one product per add (every copy forms the same fused
+// multiply-add). R only sets how many rows share a load and store of the sums, not the
+// additions: any R, the same bits. Eight-lane vectors written out: auto-vectorized, the AVX-512
+// clone took 512-bit lanes (above).
 template <int R, typename T>
 GN_INLINE void grad_rows_float(const T* dy, const T* x, int64_t ld, int64_t w, const float* m, float* f_dy,
                                float* f_dy_xc) {
@@ -261,20 +244,56 @@ GN_INLINE void grad_rows_float(const T* dy, const T* x, int64_t ld, int64_t w, c
   }
 }
 
+// grad_rows_float for the V vectors of channels [0, 8 V) down `rows` rows, their sums in
+// registers for the whole block (the same additions, so the same bits): no loads and stores of
+// sums, which bound the L1 loop, bfloat16's most. Rows of up to kGradRegisterChannels channels go
+// this way, and in cache rows of up to kGradRegisterRowBytes, kGradRegisterChannels channels at a
+// time (a block's rows of x and dy stay in L1 from the first column block to the last); from
+// memory such column walks were slower than the L1 sums (registers_take). 2 cores, these loops
+// alone, L1 sums -> registers: 2x32x64x64x64 channels_last_3d float32 1.96 -> 1.33 ms, bfloat16
+// 1.19 -> 0.71, float16 0.95 -> 0.65; 2x128x64x64 0.058 -> 0.054, 8x64x8x8 0.0051 -> 0.0045; but
+// from memory 16x128x64x64 0.85 -> 1.39.
+GN_INLINE bool registers_take(int64_t w, int64_t elem_bytes, bool from_memory) {
+  return w <= kGradRegisterChannels || (!from_memory && w * elem_bytes <= kGradRegisterRowBytes);
+}
+
+template <int V, typename T>
+GN_INLINE void grad_rows_in_registers(const T* dy, const T* x, int64_t ld, int64_t rows, const float* m, float* f_dy,
+                                      float* f_dy_xc) {
+  vf8 mv[V], s_dy[V], s_dy_xc[V];
+  for (int h = 0; h < V; ++h) {
+    mv[h] = load8f(m + 8 * h);
+    s_dy[h] = s_dy_xc[h] = vf8{};
+  }
+  for (int64_t r = 0; r < rows; ++r, dy += ld, x += ld) {
+    for (int h = 0; h < V; ++h) {
+      const vf8 g = load8f(dy + 8 * h);
+      s_dy[h] = s_dy[h] + g;
+      s_dy_xc[h] = s_dy_xc[h] + g * (load8f(x + 8 * h) - mv[h]);
+    }
+  }
+  for (int h = 0; h < V; ++h) {
+    store8f(f_dy + 8 * h, s_dy[h]);
+    store8f(f_dy_xc + 8 * h, s_dy_xc[h]);
+  }
+}
+
 // The float pass of grad_sums_rows_impl: sums of dy and dy * (x - m), m = float(mean), into the
-// double sums (set, not added to). Rows from memory (from_memory) whose walk is contiguous (whole
-// rows: the piece is the row) go one per pass over the float sums: the hardware prefetchers then
-// see one stream per tensor. Elsewhere four rows share a pass, a quarter of the loads and stores
-// of the sums, which bound the loop on data in cache. 2 cores, float32, these loops alone, one
-// row / four rows a pass: 1x1280x64x64 0.51 / 0.63 ms, 2x32x64x64x64 channels_last_3d 2.36 / 3.09;
-// 4x1280x8x8 0.025 / 0.022, 4x320x32x32 0.086 / 0.072, 8x2560x16x16 (pieces of 2048 channels
-// down 64-row chunks) 1.21 / 0.71.
+// double sums (set, not added to). Narrow rows keep their whole vectors' sums in registers
+// (grad_rows_in_registers). Otherwise, rows from memory
+// (from_memory) whose walk is contiguous (whole rows: the piece is the row) go one per pass over
+// the float sums: the hardware prefetchers then see one stream per tensor. Elsewhere four rows
+// share a pass, a quarter of the loads and stores of the sums, which bound the loop on data in
+// cache. 2 cores, float32, these loops alone, one row / four rows a pass: 1x1280x64x64 0.51 /
+// 0.63 ms, 2x32x64x64x64 channels_last_3d 2.36 / 3.09; 4x1280x8x8 0.025 / 0.022, 4x320x32x32
+// 0.086 / 0.072, 8x2560x16x16 (pieces of 2048 channels down 64-row chunks) 1.21 / 0.71.
 template <typename T>
 GN_INLINE void grad_sums_rows_float(const T* dy, const T* x, int64_t rows, int64_t width, int64_t ld,
                                     const reduce_t* mean, reduce_t* sum_dy, reduce_t* sum_dy_xc, bool from_memory) {
   for (int64_t c0 = 0; c0 < width; c0 += kGradPieceChannels) {
     const int64_t w = std::min(kGradPieceChannels, width - c0);
     const bool one_row_per_pass = from_memory && w == ld;
+    const int64_t in_registers = registers_take(w, sizeof(T), from_memory) ? w / 8 * 8 : 0;
     alignas(64) float m[kGradPieceChannels], f_dy[kGradPieceChannels], f_dy_xc[kGradPieceChannels];
     reduce_t* const s_dy = sum_dy + c0;
     reduce_t* const s_dy_xc = sum_dy_xc + c0;
@@ -286,12 +305,29 @@ GN_INLINE void grad_sums_rows_float(const T* dy, const T* x, int64_t rows, int64
     const T* px = x + c0;
     for (int64_t r0 = 0; r0 < rows; r0 += kGradRowBlock) {
       const int64_t r1 = std::min(rows, r0 + kGradRowBlock);
-      grad_first_row_float(pdy + r0 * ld, px + r0 * ld, w, m, f_dy, f_dy_xc);
-      int64_t r = r0 + 1;
-      if (!one_row_per_pass) {
-        for (; r + 4 <= r1; r += 4) grad_rows_float<4>(pdy + r * ld, px + r * ld, ld, w, m, f_dy, f_dy_xc);
+      const T* bdy = pdy + r0 * ld;
+      const T* bx = px + r0 * ld;
+      for (int64_t c = 0; c < in_registers; c += kGradRegisterChannels) {
+        const auto block = [&](auto vectors) GN_LAMBDA_INLINE {
+          grad_rows_in_registers<decltype(vectors)::value>(bdy + c, bx + c, ld, r1 - r0, m + c, f_dy + c, f_dy_xc + c);
+        };
+        switch (std::min(kGradRegisterChannels, in_registers - c) / 8) {
+          case 4: block(std::integral_constant<int, 4>{}); break;
+          case 3: block(std::integral_constant<int, 3>{}); break;
+          case 2: block(std::integral_constant<int, 2>{}); break;
+          default: block(std::integral_constant<int, 1>{}); break;
+        }
       }
-      for (; r < r1; ++r) grad_rows_float<1>(pdy + r * ld, px + r * ld, ld, w, m, f_dy, f_dy_xc);
+      if (in_registers < w) {  // the rest of the piece: sums in L1
+        const int64_t c = in_registers, n = w - in_registers;
+        std::fill(f_dy + c, f_dy + w, 0.0f);
+        std::fill(f_dy_xc + c, f_dy_xc + w, 0.0f);
+        int64_t r = r0;
+        if (!one_row_per_pass) {
+          for (; r + 4 <= r1; r += 4) grad_rows_float<4>(pdy + r * ld + c, px + r * ld + c, ld, n, m + c, f_dy + c, f_dy_xc + c);
+        }
+        for (; r < r1; ++r) grad_rows_float<1>(pdy + r * ld + c, px + r * ld + c, ld, n, m + c, f_dy + c, f_dy_xc + c);
+      }
       for (int64_t i = 0; i < w; ++i) {
         s_dy[i] += static_cast<reduce_t>(f_dy[i]);
         s_dy_xc[i] += static_cast<reduce_t>(f_dy_xc[i]);

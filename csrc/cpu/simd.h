@@ -463,6 +463,10 @@ constexpr int64_t kSumColumnOrderMaxRows = 64;
 // float sums and centres of a piece: 24 KiB of scratch).
 constexpr int64_t kGradRowBlock = 32;
 constexpr int64_t kGradPieceChannels = 2048;
+// Rows of at most kGradRegisterRowBytes keep their sums in registers down a block's rows,
+// kGradRegisterChannels channels at a time (loops_backward.cpp, grad_rows_in_registers).
+constexpr int64_t kGradRegisterChannels = 32;
+constexpr int64_t kGradRegisterRowBytes = 512;
 
 // Whether per-channel sums formed in float lanes can be trusted: for every c, first[c] and
 // second[c] finite and |second[c]| >= floor, unless both are exactly zero. On the doubles'
