@@ -201,8 +201,9 @@ GN_INLINE void grad_sums_impl(const T* dy, const T* x, int64_t n, reduce_t mean,
 // on rows of up to 1280 bytes) -> this one: 1x1280x64x64 0.58 -> 0.50 ms, 2x640x64x64 0.63 -> 0.49,
 // 16x128x64x64 1.32 -> 0.98, 2x32x64x64x64 channels_last_3d 2.66 -> 2.24, 1x32x512x512 1.09 ->
 // 0.93; float16 2x1280x64x64 0.87 -> 0.61; torch's whole float sums 0.47, 0.48, -, 2.38, -. Not
-// everywhere: bfloat16 rows of 32-128 channels from memory went 1.02 -> 1.19 ms (2x32x64x64x64)
-// and 0.39 -> 0.51 ms (16x128x64x64), where the eight-lane conversions bound the loop.
+// everywhere: bfloat16 rows of 64-128 channels from memory went 0.39 -> 0.46-0.51 ms
+// (16x128x64x64), where the loads and stores of the float sums bound the loop (rows of up to 32
+// channels keep them in registers: grad_rows_in_registers).
 // 256-bit lanes: 512-bit ones were 10-20% slower from memory (and faster on samples in L1/L2).
 //
 // Per channel: f = g for a block's first row, then f = f + g in row order, and the same for
