@@ -198,9 +198,9 @@ GN_HOST_DEVICE ChunkPlan make_parallel_chunk_plan(int64_t length, int64_t elems_
 // rows; the count is a power of two up to kCpuRowChunks, so that the chunks of a small sample
 // split evenly over 2, 4 or 8 threads (a 1280-channel 8x8 sample as 26 + 26 + 12 rows kept one
 // of two threads busy for 52 rows, the other for 12: 2 chunks of 32 rows took 30% less time),
-// and no chunk exceeds max_elems (kCpuRowChunkMaxElems unless given), so large samples get more (the split schedules
-// spread chunks over the threads): a power of two up to kCpuRowChunks, then a multiple of it,
-// of chunks of equal length (but the last). Chunks of the longest length and a short last one
+// and no chunk exceeds max_elems (kCpuRowChunkMaxElems unless given), so large samples get more
+// (the split schedules spread chunks over the threads): a power of two up to kCpuRowChunks, then
+// a multiple of it, of chunks of equal length (but the last). Chunks of the longest length and a short last one
 // split unevenly (a 640-channel 64x64 sample as 10 chunks of 409 rows and one of 6: 2454 rows
 // for one of two threads, 1642 for the other; as 16 of 256 rows its float32 forward + backward
 // took 0.84 -> 0.75 ms on 2 cores, the forward 0.214 -> 0.199 ms). The minimum rows: chunks of
@@ -216,7 +216,7 @@ GN_HOST_DEVICE ChunkPlan make_parallel_chunk_plan(int64_t length, int64_t elems_
 // 32-row float block on (csrc/cpu/loops_backward.cpp), so their chunks have no accuracy bound:
 // they take kCpuGradRowChunkMaxElems, fewer chunks of a large sample, each a fixed cost less
 // (2 cores, float32 channels_last, the sums from memory: 1x1280x64x64 as 24 chunks of 171 rows
-// 0.529 ms, as 8 of 512 0.500 ms; 2x640x64x64 as 16 of 256 per sample 0.479, as 4 of 1024 0.467).
+// 0.529 ms, as 8 of 512 0.500 ms; 2x640x64x64 as 16 of 256 per sample 0.479, as 8 of 512 0.471).
 constexpr int64_t kCpuRowChunkMinElems = 32768;
 constexpr int64_t kCpuRowChunkMinRows = 128;
 constexpr int64_t kCpuRowChunkMaxElems = 262144;
