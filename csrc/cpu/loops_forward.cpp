@@ -467,8 +467,8 @@ constexpr reduce_t kFloatMinSquareMean = 1e-24;
 // such channels at a time, simd.h for_trusted_channels), not for every channel of the call.
 // All in row order, also chunks of few rows over many channels (an 8x8 image's 64 rows of
 // 1280): column blocks down the rows (simd.h, kSumColumnBlock) summed them slower once the
-// shifts were converted once per call (2 cores: 4x1280x8x8 float32 forward 0.037 -> 0.031 ms, 8x1280x8x8 0.063 -> 0.057,
-// 1x2560x8x8 0.032 -> 0.028).
+// shifts were converted once per call (2 cores: 4x1280x8x8 float32 forward 0.037 -> 0.031 ms,
+// 8x1280x8x8 0.063 -> 0.057, 1x2560x8x8 0.032 -> 0.028).
 template <typename T>
 GN_INLINE void sum_dev_rows_impl(const T* x, int64_t rows, int64_t C, int64_t ld, const reduce_t* shift,
                                  reduce_t* sum_d, reduce_t* sum_d2, bool prefetch) {
