@@ -253,7 +253,10 @@ GN_INLINE void grad_rows_float(const T* dy, const T* x, int64_t ld, int64_t w, c
 // memory such column walks were slower than the L1 sums (registers_take). 2 cores, these loops
 // alone, L1 sums -> registers: 2x32x64x64x64 channels_last_3d float32 1.96 -> 1.33 ms, bfloat16
 // 1.19 -> 0.71, float16 0.95 -> 0.65; 2x128x64x64 0.058 -> 0.054, 8x64x8x8 0.0051 -> 0.0045; but
-// from memory 16x128x64x64 0.85 -> 1.39.
+// from memory 16x128x64x64 0.85 -> 1.39. Whole blocks of kGradRegisterChannels only: GCC 13
+// compiled a block of one 8-lane vector (V = 1, the last 8 of 40 channels) without the fused
+// multiply-add the L1 loop forms, and 7 of 40 sums came out an ulp apart between the two walks
+// (test_software_prefetch on the H100 machine's CPU; GCC 12 here agreed).
 GN_INLINE bool registers_take(int64_t w, int64_t elem_bytes, bool from_memory) {
   return w <= kGradRegisterChannels || (!from_memory && w * elem_bytes <= kGradRegisterRowBytes);
 }
@@ -294,7 +297,8 @@ GN_INLINE void grad_sums_rows_float(const T* dy, const T* x, int64_t rows, int64
   for (int64_t c0 = 0; c0 < width; c0 += kGradPieceChannels) {
     const int64_t w = std::min(kGradPieceChannels, width - c0);
     const bool one_row_per_pass = from_memory && w == ld;
-    const int64_t in_registers = registers_take(w, sizeof(T), from_memory) ? w / 8 * 8 : 0;
+    const int64_t in_registers =
+        registers_take(w, sizeof(T), from_memory) ? w / kGradRegisterChannels * kGradRegisterChannels : 0;
     alignas(64) float m[kGradPieceChannels], f_dy[kGradPieceChannels], f_dy_xc[kGradPieceChannels];
     reduce_t* const s_dy = sum_dy + c0;
     reduce_t* const s_dy_xc = sum_dy_xc + c0;
@@ -309,15 +313,7 @@ GN_INLINE void grad_sums_rows_float(const T* dy, const T* x, int64_t rows, int64
       const T* bdy = pdy + r0 * ld;
       const T* bx = px + r0 * ld;
       for (int64_t c = 0; c < in_registers; c += kGradRegisterChannels) {
-        const auto block = [&](auto vectors) GN_LAMBDA_INLINE {
-          grad_rows_in_registers<decltype(vectors)::value>(bdy + c, bx + c, ld, r1 - r0, m + c, f_dy + c, f_dy_xc + c);
-        };
-        switch (std::min(kGradRegisterChannels, in_registers - c) / 8) {
-          case 4: block(std::integral_constant<int, 4>{}); break;
-          case 3: block(std::integral_constant<int, 3>{}); break;
-          case 2: block(std::integral_constant<int, 2>{}); break;
-          default: block(std::integral_constant<int, 1>{}); break;
-        }
+        grad_rows_in_registers<kGradRegisterChannels / 8>(bdy + c, bx + c, ld, r1 - r0, m + c, f_dy + c, f_dy_xc + c);
       }
       if (in_registers < w) {  // the rest of the piece: sums in L1
         const int64_t c = in_registers, n = w - in_registers;

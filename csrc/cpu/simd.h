@@ -463,9 +463,9 @@ constexpr int64_t kSumColumnOrderMaxRows = 64;
 // float sums and centres of a piece: 24 KiB of scratch).
 constexpr int64_t kGradRowBlock = 32;
 constexpr int64_t kGradPieceChannels = 2048;
-// Rows of up to kGradRegisterChannels channels, and rows in cache of up to kGradRegisterRowBytes
-// (kGradRegisterChannels channels at a time), keep those float sums in registers down a block's
-// rows (loops_backward.cpp, grad_rows_in_registers).
+// Whole blocks of kGradRegisterChannels channels of rows of up to that many channels, and of rows
+// in cache of up to kGradRegisterRowBytes, keep those float sums in registers down a block's rows
+// (loops_backward.cpp, grad_rows_in_registers).
 constexpr int64_t kGradRegisterChannels = 32;
 constexpr int64_t kGradRegisterRowBytes = 512;
 
